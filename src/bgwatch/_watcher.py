@@ -1,0 +1,212 @@
+"""The Watcher: configuration plus sinks; turns Observations into metrics and exceptions.
+
+A watcher owns one :class:`~bgwatch._tracker.Tracker` (the only mutable lifecycle state) and
+writes to its sinks. It never raises from :meth:`Watcher.record`: errors inside bgwatch are
+counted in ``bgwatch_internal_errors_total{stage}`` and logged once per stage at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import typing
+import weakref
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
+
+from ._classify import Observation
+from ._tracker import DEFAULT_MAX_TRACKED, DEFAULT_TTL_SECONDS, LabelValues, Tracker, Transition
+from .errors import ConfigurationError
+from .metrics import PrometheusSink, ResponseLabels
+
+__all__ = ["Sink", "Watcher", "default_watcher", "known_error_codes", "known_incomplete_reasons"]
+
+log = logging.getLogger("bgwatch")
+
+DEFAULT_MAX_EXTRA_CODES = 50
+DEFAULT_MAX_EXTRA_MODELS = 50
+INTERNAL_ERROR_STAGES = ("request", "classify", "record", "stream", "sink", "trace", "webhook")
+
+
+def _literal_values(annotation: Any) -> tuple[str, ...]:
+    values: list[str] = []
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, str):
+            values.append(arg)
+        else:
+            values.extend(_literal_values(arg))
+    return tuple(values)
+
+
+def known_error_codes() -> tuple[str, ...]:
+    """Every ``error.code`` literal of the installed openai SDK (read, never copied)."""
+    from openai.types.responses.response_error import ResponseError
+
+    return _literal_values(ResponseError.model_fields["code"].annotation)
+
+
+def known_incomplete_reasons() -> tuple[str, ...]:
+    """Every ``incomplete_details.reason`` literal of the installed openai SDK."""
+    from openai.types.responses.response import IncompleteDetails
+
+    return _literal_values(IncompleteDetails.model_fields["reason"].annotation)
+
+
+class Sink(Protocol):
+    """Where a watcher sends what it saw. Labels arrive already bounded."""
+
+    def observed(
+        self,
+        observation: Observation,
+        transition: Transition | None,
+        labels: ResponseLabels,
+        duration: float | None,
+    ) -> None:
+        """One observation; ``transition`` is None when the response is not tracked."""
+
+    def adjust_in_flight(self, delta: int) -> None:
+        """An in-flight change from a TTL sweep, outside any observation."""
+
+    def internal_error(self, stage: str) -> None:
+        """An error caught inside bgwatch."""
+
+
+_UNSET: Any = object()
+
+
+class Watcher:
+    """Counts background responses once per id and feeds Prometheus (and other sinks).
+
+    Args:
+        registry: prometheus_client registry (default: the global ``REGISTRY``); ``None``
+            together with ``prometheus=False`` disables prometheus_client output.
+        prometheus: write to prometheus_client instruments.
+        sinks: further sinks (for example the OpenTelemetry mirror).
+        max_tracked: how many response ids to remember at most (oldest evicted first).
+        ttl_seconds: how long to remember an id after it was first seen.
+        max_extra_codes: distinct unknown error codes/reasons admitted as labels before
+            they become ``other``.
+        max_extra_models: distinct model names admitted as labels before ``other``.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = _UNSET,
+        prometheus: bool = True,
+        sinks: Sequence[Sink] = (),
+        max_tracked: int = DEFAULT_MAX_TRACKED,
+        ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        max_extra_codes: int = DEFAULT_MAX_EXTRA_CODES,
+        max_extra_models: int = DEFAULT_MAX_EXTRA_MODELS,
+    ) -> None:
+        try:
+            self.tracker = Tracker(max_tracked, ttl_seconds)
+            self._codes = LabelValues.for_codes(known_error_codes(), max_extra_codes)
+            self._reasons = LabelValues.for_codes(known_incomplete_reasons(), max_extra_codes)
+            self._models = LabelValues.for_models((), max_extra_models)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        all_sinks: list[Sink] = []
+        if prometheus:
+            all_sinks.append(PrometheusSink.for_registry(None if registry is _UNSET else registry))
+        all_sinks.extend(sinks)
+        self._sinks: tuple[Sink, ...] = tuple(all_sinks)
+        self._logged_stages: set[str] = set()
+        self._log_lock = threading.Lock()
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        """The sinks this watcher writes to."""
+        return self._sinks
+
+    def record(self, observation: Observation) -> None:
+        """Count one observation. Never raises: errors are counted as internal errors."""
+        try:
+            transition = self._track(observation)
+            labels = self._labels(observation)
+            duration = self._duration(observation, transition)
+        except Exception as exc:
+            self.internal_error("record", exc)
+            return
+        for sink in self._sinks:
+            try:
+                sink.observed(observation, transition, labels, duration)
+            except Exception as exc:
+                self.internal_error("sink", exc)
+
+    def sweep(self) -> None:
+        """Expire ids past their TTL now and correct the in-flight gauge (cheap; optional)."""
+        delta = self.tracker.expire()
+        for sink in self._sinks:
+            try:
+                sink.adjust_in_flight(delta)
+            except Exception as exc:
+                self.internal_error("sink", exc)
+
+    def internal_error(self, stage: str, exc: BaseException | None = None) -> None:
+        """Count an error caught inside bgwatch; log it once per stage at debug level."""
+        if stage not in INTERNAL_ERROR_STAGES:
+            stage = "other"
+        for sink in self._sinks:
+            try:
+                sink.internal_error(stage)
+            except Exception:  # a broken sink must not take the others down
+                log.debug("bgwatch sink failed while counting an internal error", exc_info=True)
+        with self._log_lock:
+            first = stage not in self._logged_stages
+            self._logged_stages.add(stage)
+        if first:
+            log.debug("bgwatch internal error at stage %r (logged once per stage)", stage, exc_info=exc)
+
+    def _track(self, observation: Observation) -> Transition | None:
+        # A response created with background=false is not a background response: it is polled
+        # by nobody and its failures surface as HTTP errors. An absent flag (older APIs, some
+        # proxies) on a retrieve or cancel still means someone is watching it asynchronously.
+        if observation.status is None:
+            return None
+        if observation.background is False:
+            return None
+        if observation.background is None and observation.call == "create":
+            return None
+        return self.tracker.observe(observation.response_id, observation.status)
+
+    def _labels(self, observation: Observation) -> ResponseLabels:
+        status = observation.status or "unknown"
+        return ResponseLabels(
+            status=status,
+            model=self._models(observation.model),
+            code=self._codes(observation.error_code) if status == "failed" else None,
+            reason=self._reasons(observation.incomplete_reason) if status == "incomplete" else None,
+        )
+
+    @staticmethod
+    def _duration(observation: Observation, transition: Transition | None) -> float | None:
+        if transition is None or not transition.finished:
+            return None
+        start = observation.created_at if observation.created_at is not None else transition.first_seen
+        end = observation.completed_at if observation.completed_at is not None else time.time()
+        return max(0.0, end - start)
+
+
+_default_lock = threading.Lock()
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, Watcher] = weakref.WeakKeyDictionary()
+
+
+def default_watcher(registry: CollectorRegistry | None = None) -> Watcher:
+    """The process-wide watcher of ``registry`` (the global registry by default).
+
+    Every instrumented client that does not name its own watcher shares it, so a response
+    polled through several clients is still counted once.
+    """
+    from prometheus_client import REGISTRY
+
+    registry = REGISTRY if registry is None else registry
+    with _default_lock:
+        watcher = _by_registry.get(registry)
+        if watcher is None:
+            watcher = _by_registry[registry] = Watcher(registry=registry)
+        return watcher

@@ -1,0 +1,195 @@
+"""Prometheus instruments for the metric contract in DESIGN.md.
+
+| metric                          | type      | labels         |
+|---------------------------------|-----------|----------------|
+| bg_response_failed_total        | counter   | code, model    |
+| bg_response_incomplete_total    | counter   | reason, model  |
+| bg_response_finished_total      | counter   | status, model  |
+| bg_response_created_total       | counter   | model          |
+| bg_response_polls_total         | counter   | status         |
+| bg_response_duration_seconds    | histogram | status, model  |
+| bg_response_in_flight           | gauge     |                |
+| bgwatch_internal_errors_total   | counter   | stage          |
+
+Instruments are created once per registry and shared by every watcher that uses it.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from ._classify import Observation
+from ._tracker import Transition
+from .errors import ConfigurationError
+
+__all__ = ["DURATION_BUCKETS", "METRIC_NAMES", "PrometheusSink", "ResponseLabels"]
+
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
+    1.0,
+    5.0,
+    15.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1200.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    28800.0,
+)
+"""Seconds from ``created_at`` to the terminal state: background responses run up to hours."""
+
+METRIC_NAMES: Final = (
+    "bg_response_failed_total",
+    "bg_response_incomplete_total",
+    "bg_response_finished_total",
+    "bg_response_created_total",
+    "bg_response_polls_total",
+    "bg_response_duration_seconds",
+    "bg_response_in_flight",
+    "bgwatch_internal_errors_total",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseLabels:
+    """Bounded label values for one observation; safe to export (no ids, no text)."""
+
+    status: str
+    model: str
+    code: str | None
+    """Set only for a ``failed`` response."""
+    reason: str | None
+    """Set only for an ``incomplete`` response."""
+
+
+_sinks: weakref.WeakKeyDictionary[CollectorRegistry, PrometheusSink] = weakref.WeakKeyDictionary()
+_sinks_lock = threading.Lock()
+
+
+class PrometheusSink:
+    """Writes observations to prometheus_client instruments in one registry.
+
+    Use :meth:`for_registry`, which returns the one sink of a registry, so that several
+    watchers on the same registry share instruments instead of colliding.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.failed = Counter(
+            "bg_response_failed",
+            "Background responses that ended failed, by error.code (once per response id).",
+            ["code", "model"],
+            registry=registry,
+        )
+        self.incomplete = Counter(
+            "bg_response_incomplete",
+            "Background responses that ended incomplete, by incomplete_details.reason.",
+            ["reason", "model"],
+            registry=registry,
+        )
+        self.finished = Counter(
+            "bg_response_finished",
+            "Background responses that reached a terminal status (once per response id).",
+            ["status", "model"],
+            registry=registry,
+        )
+        self.created = Counter(
+            "bg_response_created",
+            "Background responses created through an instrumented client.",
+            ["model"],
+            registry=registry,
+        )
+        self.polls = Counter(
+            "bg_response_polls",
+            "Retrieve calls that returned a response, by the status the poll saw.",
+            ["status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "bg_response_duration_seconds",
+            "Seconds from created_at to the terminal state of a background response.",
+            ["status", "model"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "bg_response_in_flight",
+            "Background responses seen but not yet seen in a terminal state.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.internal_errors = Counter(
+            "bgwatch_internal_errors",
+            "Errors inside bgwatch, caught so that the user's call went through untouched.",
+            ["stage"],
+            registry=registry,
+        )
+
+    @classmethod
+    def for_registry(cls, registry: CollectorRegistry | None = None) -> PrometheusSink:
+        """The shared sink of ``registry`` (the global one by default), created on first use.
+
+        Raises :class:`~bgwatch.errors.ConfigurationError` when the registry already holds a
+        metric of the same name that bgwatch did not create.
+        """
+        registry = REGISTRY if registry is None else registry
+        if not isinstance(registry, CollectorRegistry):
+            raise ConfigurationError(
+                f"registry must be a prometheus_client.CollectorRegistry, got {type(registry).__name__}"
+            )
+        with _sinks_lock:
+            sink = _sinks.get(registry)
+            if sink is None:
+                try:
+                    sink = cls(registry)
+                except ValueError as exc:
+                    raise ConfigurationError(
+                        f"the registry already holds a metric named like bgwatch's ({exc}); pass a"
+                        " registry without them, or reuse the watcher that created them"
+                    ) from exc
+                _sinks[registry] = sink
+            return sink
+
+    def observed(
+        self,
+        observation: Observation,
+        transition: Transition | None,
+        labels: ResponseLabels,
+        duration: float | None,
+    ) -> None:
+        """Record one observation (labels already bounded by the watcher)."""
+        if observation.call == "retrieve":
+            self.polls.labels(labels.status).inc()
+        if transition is None:
+            return
+        if transition.in_flight_delta:
+            self.in_flight.inc(transition.in_flight_delta)
+        if transition.new and observation.call == "create":
+            self.created.labels(labels.model).inc()
+        if not transition.finished:
+            return
+        self.finished.labels(labels.status, labels.model).inc()
+        if labels.code is not None:
+            self.failed.labels(labels.code, labels.model).inc()
+        if labels.reason is not None:
+            self.incomplete.labels(labels.reason, labels.model).inc()
+        if duration is not None:
+            self.duration.labels(labels.status, labels.model).observe(duration)
+
+    def adjust_in_flight(self, delta: int) -> None:
+        """Apply an in-flight change that happened outside an observation (TTL sweep)."""
+        if delta:
+            self.in_flight.inc(delta)
+
+    def internal_error(self, stage: str) -> None:
+        """Count an error caught inside bgwatch."""
+        self.internal_errors.labels(stage).inc()

@@ -1,0 +1,505 @@
+"""Transport adapters for httpx2 (openai >= 3) and legacy httpx (openai 1.x/2.x), sync and async.
+
+The adapters know nothing about OpenAI: :class:`Hook` (library-independent) decides what to
+look at, and the classifier and watcher do the rest. A body we inspect is read once, then
+handed back to the client as a fresh response over the very same bytes and headers, so
+``elapsed``, ``request_id``, ``with_raw_response`` and ``with_streaming_response`` behave as
+without bgwatch. Server-Sent Events are never buffered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import openai
+
+from ._classify import (
+    CallKind,
+    Observation,
+    classify_body,
+    classify_request,
+    decode_body,
+    is_event_stream,
+    is_json_content_type,
+)
+from ._watcher import Watcher, default_watcher
+from .errors import BackgroundResponseError, ConfigurationError, exception_for, validate_raise_on
+
+try:
+    import httpx2
+except ImportError:  # openai < 3 does not install it
+    httpx2 = None  # type: ignore[assignment]
+try:
+    import httpx
+except ImportError:  # openai >= 3 does not need it
+    httpx = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = [
+    "AsyncHttpx2Transport",
+    "AsyncHttpxTransport",
+    "AsyncTransport",
+    "Hook",
+    "Httpx2Transport",
+    "HttpxTransport",
+    "Transport",
+    "async_http_client",
+    "http_client",
+    "raise_mode_supported",
+    "sdk_library",
+]
+
+Library = Literal["httpx2", "httpx"]
+
+# The first openai release whose retry loop re-raises an OpenAIError from the transport as is
+# (found by reading every release's _base_client.py: 2.30.0 wraps and retries, 2.31.0 does not).
+RAISE_MODE_MIN_OPENAI = (2, 31, 0)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = re.findall(r"\d+", version.split("+", 1)[0])[:3]
+    return tuple(int(p) for p in parts)
+
+
+def raise_mode_supported(openai_version: str | None = None) -> bool:
+    """Whether this openai release propagates an exception raised in the transport unchanged.
+
+    Older releases retry any exception from the transport and wrap it in
+    ``APIConnectionError``: raising there would re-send ``POST /responses``.
+    """
+    version = openai.__version__ if openai_version is None else openai_version
+    return _version_tuple(version) >= RAISE_MODE_MIN_OPENAI
+
+
+def sdk_library() -> Library:
+    """The HTTP library the installed openai SDK builds its clients with."""
+    return "httpx2" if _version_tuple(openai.__version__) >= (3,) else "httpx"
+
+
+class Hook:
+    """Library-independent core of the transports: what to inspect and what it means.
+
+    Args:
+        watcher: the :class:`~bgwatch.Watcher` to record into (default: the process-wide one).
+        raise_on: terminal statuses that raise a typed exception to the caller
+            (``"failed"``, ``"incomplete"``, ``"cancelled"``); default none.
+    """
+
+    def __init__(self, watcher: Watcher | None = None, raise_on: Iterable[str] = ()) -> None:
+        self.raise_on = validate_raise_on(raise_on)
+        if self.raise_on and not raise_mode_supported():
+            raise ConfigurationError(
+                f"raise_on needs openai >= {'.'.join(map(str, RAISE_MODE_MIN_OPENAI))}: openai"
+                f" {openai.__version__} retries and wraps exceptions raised in the transport, which"
+                " would re-send the request. Upgrade openai, or use observe mode plus"
+                " bgwatch.raise_for_status(response)."
+            )
+        self.watcher = watcher if watcher is not None else default_watcher()
+
+    def select(self, method: str, path: str) -> CallKind | None:
+        """The call kind for a request worth inspecting, else None. Never raises."""
+        try:
+            return classify_request(method, path)
+        except Exception as exc:
+            self.watcher.internal_error("request", exc)
+            return None
+
+    def wants_body(self, status_code: int, content_type: str | None) -> bool:
+        """Whether a selected call's body is a JSON answer worth reading."""
+        return 200 <= status_code < 300 and is_json_content_type(content_type)
+
+    def wants_stream(self, status_code: int, content_type: str | None) -> bool:
+        """Whether a selected call answered with an event stream (observed, never buffered)."""
+        return 200 <= status_code < 300 and is_event_stream(content_type)
+
+    def inspect(
+        self, call: CallKind, status_code: int, headers: Mapping[str, str], body: bytes
+    ) -> BackgroundResponseError | None:
+        """Record what a complete body says; return the exception to raise, if any.
+
+        Never raises. Errors inside bgwatch are counted and the body passes untouched.
+        """
+        try:
+            observation = classify_body(
+                call,
+                status_code,
+                body,
+                content_encoding=headers.get("content-encoding"),
+                request_id=headers.get("x-request-id"),
+            )
+        except Exception as exc:
+            self.watcher.internal_error("classify", exc)
+            return None
+        if observation is None:
+            return None
+        self.watcher.record(observation)
+        return self.exception_for(observation, lambda: _full_body(body, headers))
+
+    def exception_for(self, observation: Observation, body: Any = None) -> BackgroundResponseError | None:
+        """The typed exception ``observation`` calls for under ``raise_on``, else None."""
+        status = observation.status
+        if status is None or status not in self.raise_on:
+            return None
+        if observation.call == "cancel" and status == "cancelled":
+            return None  # the caller asked for exactly this
+        try:
+            payload = body() if callable(body) else body
+            return exception_for(
+                status,
+                code=observation.error_code,
+                reason=observation.incomplete_reason,
+                message=observation.error_message,
+                response_id=observation.response_id,
+                request_id=observation.request_id,
+                body=payload if isinstance(payload, Mapping) else None,
+            )
+        except Exception as exc:
+            self.watcher.internal_error("classify", exc)
+            return None
+
+
+def _full_body(body: bytes, headers: Mapping[str, str]) -> Any:
+    return json.loads(decode_body(body, headers.get("content-encoding")))
+
+
+def _make_hook(
+    hook: Hook | None,
+    watcher: Watcher | None,
+    raise_on: Iterable[str],
+    registry: CollectorRegistry | None,
+) -> Hook:
+    if hook is not None:
+        if watcher is not None or registry is not None or tuple(raise_on):
+            raise ConfigurationError("pass either hook= or watcher=/registry=/raise_on=, not both")
+        return hook
+    if watcher is not None and registry is not None:
+        raise ConfigurationError("pass either watcher= or registry=, not both")
+    if watcher is None and registry is not None:
+        watcher = default_watcher(registry)
+    return Hook(watcher, raise_on)
+
+
+def _require(module: Any, name: str) -> Any:
+    if module is None:
+        raise ConfigurationError(
+            f"{name} is not installed; install it or use the transport of the library your openai"
+            f" SDK uses ({sdk_library()})"
+        )
+    return module
+
+
+def _check_inner(inner: Any, base: Any, library: str, expected: str) -> None:
+    if not isinstance(inner, base):
+        raise ConfigurationError(
+            f"inner must be {library}.{expected}, got {type(inner).__module__}.{type(inner).__name__};"
+            " use the bgwatch transport of the inner transport's library"
+            " (Httpx2Transport/HttpxTransport, Async... for async)"
+        )
+
+
+class _SyncAdapter:
+    """Shared by the sync adapters; ``_module`` is httpx2 or httpx."""
+
+    _module: Any
+    _inner: Any
+    hook: Hook
+
+    def _setup(
+        self,
+        inner: Any,
+        hook: Hook | None,
+        watcher: Watcher | None,
+        raise_on: Iterable[str],
+        registry: CollectorRegistry | None,
+    ) -> None:
+        module = self._module
+        if inner is None:
+            inner = module.HTTPTransport(limits=_default_limits(module))
+        _check_inner(inner, module.BaseTransport, module.__name__, "BaseTransport")
+        self._inner = inner
+        self.hook = _make_hook(hook, watcher, raise_on, registry)
+
+    def handle_request(self, request: Any) -> Any:
+        """Send through the inner transport; inspect Responses API answers on the way back."""
+        hook = self.hook
+        call = hook.select(request.method, request.url.path)
+        response = self._inner.handle_request(request)
+        if call is None:
+            return response
+        content_type = response.headers.get("content-type")
+        if not hook.wants_body(response.status_code, content_type):
+            return response  # streams are observed by the SSE layer; errors are the SDK's business
+        try:
+            body = b"".join(response.stream)
+        finally:
+            response.close()
+        fresh = self._module.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=self._module.ByteStream(body),
+            extensions=response.extensions,
+            request=request,
+        )
+        error = hook.inspect(call, response.status_code, response.headers, body)
+        if error is not None:
+            raise error
+        return fresh
+
+    def close(self) -> None:
+        """Close the inner transport."""
+        self._inner.close()
+
+
+class _AsyncAdapter:
+    """Shared by the async adapters; ``_module`` is httpx2 or httpx."""
+
+    _module: Any
+    _inner: Any
+    hook: Hook
+
+    def _setup(
+        self,
+        inner: Any,
+        hook: Hook | None,
+        watcher: Watcher | None,
+        raise_on: Iterable[str],
+        registry: CollectorRegistry | None,
+    ) -> None:
+        module = self._module
+        if inner is None:
+            inner = module.AsyncHTTPTransport(limits=_default_limits(module))
+        _check_inner(inner, module.AsyncBaseTransport, module.__name__, "AsyncBaseTransport")
+        self._inner = inner
+        self.hook = _make_hook(hook, watcher, raise_on, registry)
+
+    async def handle_async_request(self, request: Any) -> Any:
+        """Send through the inner transport; inspect Responses API answers on the way back."""
+        hook = self.hook
+        call = hook.select(request.method, request.url.path)
+        response = await self._inner.handle_async_request(request)
+        if call is None:
+            return response
+        content_type = response.headers.get("content-type")
+        if not hook.wants_body(response.status_code, content_type):
+            return response
+        try:
+            body = b"".join([chunk async for chunk in response.stream])
+        finally:
+            await response.aclose()
+        fresh = self._module.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=self._module.ByteStream(body),
+            extensions=response.extensions,
+            request=request,
+        )
+        error = hook.inspect(call, response.status_code, response.headers, body)
+        if error is not None:
+            raise error
+        return fresh
+
+    async def aclose(self) -> None:
+        """Close the inner transport."""
+        await self._inner.aclose()
+
+
+def _default_limits(module: Any) -> Any:
+    limits = openai.DEFAULT_CONNECTION_LIMITS
+    return module.Limits(
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+    )
+
+
+def _default_timeout(module: Any) -> Any:
+    return module.Timeout(**openai.DEFAULT_TIMEOUT.as_dict())
+
+
+if TYPE_CHECKING or httpx2 is not None:
+
+    class Httpx2Transport(_SyncAdapter, httpx2.BaseTransport):
+        """bgwatch transport for ``httpx2.Client`` (openai >= 3).
+
+        Args:
+            inner: the transport that really sends (default: ``httpx2.HTTPTransport`` with
+                openai's connection limits).
+            raise_on: terminal statuses that raise a typed exception (default: none).
+            watcher: where to count (default: the process-wide watcher).
+            registry: shorthand for the process-wide watcher of this Prometheus registry.
+            hook: a ready :class:`Hook` (instead of the three options above).
+        """
+
+        _module = httpx2
+
+        def __init__(
+            self,
+            inner: httpx2.BaseTransport | None = None,
+            *,
+            raise_on: Iterable[str] = (),
+            watcher: Watcher | None = None,
+            registry: CollectorRegistry | None = None,
+            hook: Hook | None = None,
+        ) -> None:
+            self._setup(inner, hook, watcher, raise_on, registry)
+
+    class AsyncHttpx2Transport(_AsyncAdapter, httpx2.AsyncBaseTransport):
+        """bgwatch transport for ``httpx2.AsyncClient`` (openai >= 3); options as :class:`Httpx2Transport`."""
+
+        _module = httpx2
+
+        def __init__(
+            self,
+            inner: httpx2.AsyncBaseTransport | None = None,
+            *,
+            raise_on: Iterable[str] = (),
+            watcher: Watcher | None = None,
+            registry: CollectorRegistry | None = None,
+            hook: Hook | None = None,
+        ) -> None:
+            self._setup(inner, hook, watcher, raise_on, registry)
+
+else:  # pragma: no cover - only without httpx2
+
+    class Httpx2Transport:  # type: ignore[no-redef]
+        """Unavailable: httpx2 is not installed."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            _require(None, "httpx2")
+
+    class AsyncHttpx2Transport(Httpx2Transport):  # type: ignore[no-redef]
+        """Unavailable: httpx2 is not installed."""
+
+
+if TYPE_CHECKING or httpx is not None:
+
+    class HttpxTransport(_SyncAdapter, httpx.BaseTransport):
+        """bgwatch transport for a legacy ``httpx.Client`` (openai 1.x/2.x).
+
+        Options as :class:`Httpx2Transport`.
+        """
+
+        _module = httpx
+
+        def __init__(
+            self,
+            inner: httpx.BaseTransport | None = None,
+            *,
+            raise_on: Iterable[str] = (),
+            watcher: Watcher | None = None,
+            registry: CollectorRegistry | None = None,
+            hook: Hook | None = None,
+        ) -> None:
+            self._setup(inner, hook, watcher, raise_on, registry)
+
+    class AsyncHttpxTransport(_AsyncAdapter, httpx.AsyncBaseTransport):
+        """bgwatch transport for a legacy ``httpx.AsyncClient``; options as :class:`Httpx2Transport`."""
+
+        _module = httpx
+
+        def __init__(
+            self,
+            inner: httpx.AsyncBaseTransport | None = None,
+            *,
+            raise_on: Iterable[str] = (),
+            watcher: Watcher | None = None,
+            registry: CollectorRegistry | None = None,
+            hook: Hook | None = None,
+        ) -> None:
+            self._setup(inner, hook, watcher, raise_on, registry)
+
+else:  # pragma: no cover - only without httpx
+
+    class HttpxTransport:  # type: ignore[no-redef]
+        """Unavailable: httpx is not installed."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            _require(None, "httpx")
+
+    class AsyncHttpxTransport(HttpxTransport):  # type: ignore[no-redef]
+        """Unavailable: httpx is not installed."""
+
+
+Transport: type[Any] = Httpx2Transport if sdk_library() == "httpx2" else HttpxTransport
+"""The sync transport of the library the installed openai SDK uses."""
+AsyncTransport: type[Any] = AsyncHttpx2Transport if sdk_library() == "httpx2" else AsyncHttpxTransport
+"""The async transport of the library the installed openai SDK uses."""
+
+
+def _resolve_library(library: str | None) -> Library:
+    if library is None:
+        return sdk_library()
+    if library not in ("httpx2", "httpx"):
+        raise ConfigurationError(f"library must be 'httpx2' or 'httpx', got {library!r}")
+    return library  # type: ignore[return-value]
+
+
+def _wrap_client_transports(client: Any, wrap: Any) -> None:
+    """Wrap the client's default transport and its mounts (env proxies, ``mounts=``)."""
+    if not hasattr(client, "_transport") or not hasattr(client, "_mounts"):  # pragma: no cover
+        raise ConfigurationError(
+            f"this {type(client).__module__} release lays out its client differently; build the"
+            " client yourself with transport=bgwatch.Transport(...)"
+        )
+    client._transport = wrap(client._transport)
+    client._mounts = {
+        pattern: (wrap(transport) if transport is not None else None)
+        for pattern, transport in client._mounts.items()
+    }
+
+
+def http_client(
+    *,
+    raise_on: Iterable[str] = (),
+    watcher: Watcher | None = None,
+    registry: CollectorRegistry | None = None,
+    library: Library | None = None,
+    **client_options: Any,
+) -> Any:
+    """A sync HTTP client for ``OpenAI(http_client=...)`` with bgwatch installed.
+
+    It is an ``httpx2.Client`` or ``httpx.Client`` (the library the installed openai SDK
+    uses, or ``library=``) with openai's own defaults: 600 s timeout (5 s connect), openai's
+    connection limits, redirects followed. Other keyword arguments go to the client
+    (``proxy=``, ``verify=``, ``limits=``, ...); environment proxies are honoured.
+
+    Args:
+        raise_on: terminal statuses that raise a typed exception (default: none, observe only).
+        watcher: where to count (default: the process-wide watcher).
+        registry: Prometheus registry to count into (its process-wide watcher).
+        library: ``"httpx2"`` or ``"httpx"`` instead of the SDK's choice.
+    """
+    module = _require(httpx2 if _resolve_library(library) == "httpx2" else httpx, _resolve_library(library))
+    hook = _make_hook(None, watcher, raise_on, registry)
+    transport_cls = Httpx2Transport if module is httpx2 else HttpxTransport
+    client_options.setdefault("timeout", _default_timeout(module))
+    client_options.setdefault("limits", _default_limits(module))
+    client_options.setdefault("follow_redirects", True)
+    client = module.Client(**client_options)
+    _wrap_client_transports(client, lambda inner: transport_cls(inner, hook=hook))
+    return client
+
+
+def async_http_client(
+    *,
+    raise_on: Iterable[str] = (),
+    watcher: Watcher | None = None,
+    registry: CollectorRegistry | None = None,
+    library: Library | None = None,
+    **client_options: Any,
+) -> Any:
+    """An async HTTP client for ``AsyncOpenAI(http_client=...)``; see :func:`http_client`."""
+    module = _require(httpx2 if _resolve_library(library) == "httpx2" else httpx, _resolve_library(library))
+    hook = _make_hook(None, watcher, raise_on, registry)
+    transport_cls = AsyncHttpx2Transport if module is httpx2 else AsyncHttpxTransport
+    client_options.setdefault("timeout", _default_timeout(module))
+    client_options.setdefault("limits", _default_limits(module))
+    client_options.setdefault("follow_redirects", True)
+    client = module.AsyncClient(**client_options)
+    _wrap_client_transports(client, lambda inner: transport_cls(inner, hook=hook))
+    return client
