@@ -1,0 +1,61 @@
+# Two commands on a fresh machine:
+#   make demo   runs `bgwatch demo` against the embedded simulator (no API key, no internet)
+#   make test   lint + types + the whole test suite, on openai 3.x (httpx2) and openai 2.x (httpx)
+# Both create their virtualenvs on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+VENV2 ?= .venv-openai2
+OPENAI2 ?= openai==2.54.0
+BIN := $(VENV)/bin
+BIN2 := $(VENV2)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck pytest pytest-openai2 prometheus bench dashboards clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+$(BIN2)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV2)
+	$(BIN2)/python -m pip install -q --upgrade pip
+	$(BIN2)/python -m pip install -q -e '.[dev]' '$(OPENAI2)'
+	$(BIN2)/python -m pip uninstall -q -y httpx2
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/bgwatch demo
+
+# Debian's prometheus + promtool for the rule tests and the end-to-end test.
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else echo "install Debian's 'prometheus' package (prometheus + promtool) for the rule and e2e tests"; fi; }
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+pytest: $(BIN)/.installed prometheus
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+pytest-openai2: $(BIN2)/.installed
+	$(BIN2)/pytest -m "not prometheus" $(PYTEST_ARGS)
+
+test: lint typecheck pytest pytest-openai2
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/run.py
+
+dashboards: $(BIN)/.installed
+	$(BIN)/python scripts/generate_dashboards.py
+
+clean:
+	rm -rf $(VENV) $(VENV2) .pytest_cache .mypy_cache .ruff_cache
