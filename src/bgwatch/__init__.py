@@ -19,7 +19,9 @@ raises a typed exception::
 
 from __future__ import annotations
 
+from . import webhooks
 from ._classify import Observation
+from ._wait import WaitTimeout, async_create_and_wait, async_wait, create_and_wait, wait
 from ._watcher import Watcher, default_watcher
 from .errors import (
     BackgroundResponseError,
@@ -88,11 +90,17 @@ __all__ = [
     "UnrecognizedFailure",
     "UnrecognizedIncomplete",
     "VectorStoreTimeout",
+    "WaitTimeout",
     "Watcher",
     "__version__",
+    "async_create_and_wait",
     "async_http_client",
+    "async_wait",
+    "create_and_wait",
     "default_watcher",
     "exception_class_for",
     "http_client",
     "raise_for_status",
+    "wait",
+    "webhooks",
 ]

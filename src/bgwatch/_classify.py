@@ -28,7 +28,8 @@ try:  # jiter ships with every openai release we support; json is the fallback
 except ImportError:  # pragma: no cover - exercised only without jiter
     _jiter = None
 
-CallKind = Literal["create", "retrieve", "cancel", "stream"]
+CallKind = Literal["create", "retrieve", "cancel", "stream", "webhook"]
+"""``webhook``: a verified webhook delivery (:mod:`bgwatch.webhooks`), never from HTTP traffic."""
 
 STATUSES: Final = ("queued", "in_progress", "completed", "failed", "cancelled", "incomplete")
 TERMINAL_STATUSES: Final = frozenset(("completed", "failed", "cancelled", "incomplete"))

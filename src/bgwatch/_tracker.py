@@ -6,26 +6,45 @@ or an ``await``, so it is safe from threads and from asyncio tasks alike.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from ._classify import TERMINAL_STATUSES
+
+log = logging.getLogger("bgwatch")
 
 DEFAULT_MAX_TRACKED: Final = 100_000
 DEFAULT_TTL_SECONDS: Final = 24 * 3600.0
 
 
-class _Entry:
-    __slots__ = ("first_seen", "status")
+class Attachment(Protocol):
+    """Per-response state a sink keeps in the tracker's entry (the OpenTelemetry lifecycle span).
 
-    def __init__(self, first_seen: float, status: str) -> None:
+    An entry holds its attachment only while the response is in flight: the tracker lets go
+    of it on the first terminal observation (handing it over in that :class:`Transition`), so
+    memory stays bounded by the in-flight count.
+    """
+
+    def dropped(self, reason: str) -> None:
+        """The entry was evicted (``"evicted"``) or expired (``"expired"``) while in flight.
+
+        Called outside the tracker's lock; must not raise.
+        """
+
+
+class _Entry:
+    __slots__ = ("attachment", "first_seen", "status")
+
+    def __init__(self, first_seen: float, status: str, attachment: Attachment | None = None) -> None:
         self.first_seen = first_seen
         self.status = status
+        self.attachment = attachment
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +60,8 @@ class Transition:
     """``time.time()`` of the first observation, for durations without ``completed_at``."""
     in_flight_delta: int
     """Change of the in-flight count, evictions and expiries included: apply it atomically."""
+    attachment: Attachment | None = None
+    """The entry's attachment (see :meth:`Tracker.observe`); None once the id is terminal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,29 +105,57 @@ class Tracker:
         self._evicted_in_flight = 0
         self._expired_in_flight = 0
 
-    def observe(self, response_id: str, status: str) -> Transition:
-        """Record that ``response_id`` was seen with ``status`` and say what that changed."""
+    def observe(self, response_id: str, status: str, attach: Callable[[], Attachment] | None = None) -> Transition:
+        """Record that ``response_id`` was seen with ``status`` and say what that changed.
+
+        ``attach`` makes the entry's :class:`Attachment` the first time it is asked for while
+        the id is in flight (once per entry, whatever the threads). The attachment comes back
+        in every transition up to and including the first terminal one; after that the entry
+        no longer holds it. Attachments of entries evicted or expired while in flight are told
+        so (:meth:`Attachment.dropped`) after the lock is released.
+        """
         now = self._clock()
+        dropped: list[tuple[Attachment, str]] = []
+        try:
+            with self._lock:
+                return self._observe(response_id, status, now, attach, dropped)
+        finally:
+            for attachment, reason in dropped:
+                _tell_dropped(attachment, reason)
+
+    def _observe(
+        self,
+        response_id: str,
+        status: str,
+        now: float,
+        attach: Callable[[], Attachment] | None,
+        dropped: list[tuple[Attachment, str]],
+    ) -> Transition:
         terminal = status in TERMINAL_STATUSES
-        with self._lock:
-            before = self._in_flight
-            self._expire(now)
-            entry = self._entries.get(response_id)
-            if entry is None:
-                self._entries[response_id] = _Entry(now, status)
-                if not terminal:
-                    self._in_flight += 1
-                if len(self._entries) > self.max_tracked:
-                    self._evict_oldest()
-                return Transition(True, terminal, None, self._to_wall(now, now), self._in_flight - before)
-            previous = entry.status
-            first_seen = self._to_wall(entry.first_seen, now)
-            if previous in TERMINAL_STATUSES:
-                return Transition(False, False, previous, first_seen, self._in_flight - before)
-            entry.status = status
-            if terminal:
-                self._in_flight -= 1
-            return Transition(False, terminal, previous, first_seen, self._in_flight - before)
+        before = self._in_flight
+        self._expire(now, dropped)
+        entry = self._entries.get(response_id)
+        if entry is None:
+            attachment = _make_attachment(attach)
+            self._entries[response_id] = _Entry(now, status, None if terminal else attachment)
+            if not terminal:
+                self._in_flight += 1
+            if len(self._entries) > self.max_tracked:
+                self._evict_oldest(dropped)
+            wall = self._to_wall(now, now)
+            return Transition(True, terminal, None, wall, self._in_flight - before, attachment)
+        previous = entry.status
+        first_seen = self._to_wall(entry.first_seen, now)
+        if previous in TERMINAL_STATUSES:
+            return Transition(False, False, previous, first_seen, self._in_flight - before)
+        entry.status = status
+        attachment = entry.attachment
+        if attachment is None:
+            attachment = entry.attachment = _make_attachment(attach)
+        if terminal:
+            self._in_flight -= 1
+            entry.attachment = None  # handed over in this transition; a terminal id holds nothing
+        return Transition(False, terminal, previous, first_seen, self._in_flight - before, attachment)
 
     def status_of(self, response_id: str) -> str | None:
         """The last status recorded for an id, or None when it is not tracked."""
@@ -122,17 +171,20 @@ class Tracker:
 
     def expire(self) -> int:
         """Drop entries past their TTL now; returns the change of the in-flight count."""
-        with self._lock:
-            before = self._in_flight
-            self._expire(self._clock())
-            return self._in_flight - before
+        dropped: list[tuple[Attachment, str]] = []
+        try:
+            with self._lock:
+                before = self._in_flight
+                self._expire(self._clock(), dropped)
+                return self._in_flight - before
+        finally:
+            for attachment, reason in dropped:
+                _tell_dropped(attachment, reason)
 
     def stats(self) -> TrackerStats:
         """A snapshot of the counters."""
         with self._lock:
-            return TrackerStats(
-                len(self._entries), self._in_flight, self._evicted_in_flight, self._expired_in_flight
-            )
+            return TrackerStats(len(self._entries), self._in_flight, self._evicted_in_flight, self._expired_in_flight)
 
     def __len__(self) -> int:
         with self._lock:
@@ -141,13 +193,15 @@ class Tracker:
     def _to_wall(self, monotonic_time: float, now: float) -> float:
         return self._wall_clock() - (now - monotonic_time)
 
-    def _evict_oldest(self) -> None:
+    def _evict_oldest(self, dropped: list[tuple[Attachment, str]]) -> None:
         _, entry = self._entries.popitem(last=False)
+        if entry.attachment is not None:
+            dropped.append((entry.attachment, "evicted"))
         if entry.status not in TERMINAL_STATUSES:
             self._in_flight -= 1
             self._evicted_in_flight += 1
 
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float, dropped: list[tuple[Attachment, str]]) -> None:
         deadline = now - self.ttl_seconds
         entries = self._entries
         while entries:
@@ -155,9 +209,28 @@ class Tracker:
             if oldest.first_seen > deadline:
                 return
             entries.popitem(last=False)
+            if oldest.attachment is not None:
+                dropped.append((oldest.attachment, "expired"))
             if oldest.status not in TERMINAL_STATUSES:
                 self._in_flight -= 1
                 self._expired_in_flight += 1
+
+
+def _make_attachment(attach: Callable[[], Attachment] | None) -> Attachment | None:
+    if attach is None:
+        return None
+    try:
+        return attach()
+    except Exception:  # a sink's factory must never break counting
+        log.debug("bgwatch: making a tracker attachment failed", exc_info=True)
+        return None
+
+
+def _tell_dropped(attachment: Attachment, reason: str) -> None:
+    try:
+        attachment.dropped(reason)
+    except Exception:
+        log.debug("bgwatch: a tracker attachment failed while being dropped", exc_info=True)
 
 
 _CODE_PATTERN: Final = re.compile(r"[a-z0-9_]{1,64}")
@@ -212,3 +285,57 @@ class LabelValues:
         """Every value that may appear as a label (known, admitted extras, other, unknown)."""
         with self._lock:
             return self._known | self._extra | {self.OTHER, self.MISSING}
+
+
+class RecentIds:
+    """A bounded, thread-safe set of recently seen keys that expire after ``ttl_seconds``.
+
+    Used to refuse a replayed webhook delivery (same ``webhook-id``). O(1) per call; the
+    oldest key is dropped first when ``max_size`` is reached.
+    """
+
+    def __init__(self, max_size: int, ttl_seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be a positive int, got {max_size!r}")
+        if not ttl_seconds > 0:
+            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
+        self.max_size = max_size
+        self.ttl_seconds = float(ttl_seconds)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, key: str) -> bool:
+        """Remember ``key``; True when it was not already remembered (and not expired)."""
+        now = self._clock()
+        with self._lock:
+            self._expire(now)
+            if key in self._seen:
+                return False
+            self._seen[key] = now
+            if len(self._seen) > self.max_size:
+                self._seen.popitem(last=False)
+            return True
+
+    def discard(self, key: str) -> None:
+        """Forget ``key`` (for a delivery that was refused after all and will be retried)."""
+        with self._lock:
+            self._seen.pop(key, None)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            self._expire(self._clock())
+            return key in self._seen
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
+
+    def _expire(self, now: float) -> None:
+        deadline = now - self.ttl_seconds
+        seen = self._seen
+        while seen:
+            first = next(iter(seen.values()))
+            if first > deadline:
+                return
+            seen.popitem(last=False)

@@ -13,14 +13,20 @@ import time
 import typing
 import weakref
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
 from ._classify import Observation
 from ._tracker import DEFAULT_MAX_TRACKED, DEFAULT_TTL_SECONDS, LabelValues, Tracker, Transition
 from .errors import ConfigurationError
-from .metrics import PrometheusSink, ResponseLabels
+from .metrics import OTelMetricsSink, PrometheusSink, ResponseLabels
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+    from .tracing import Tracing
 
 __all__ = ["Sink", "Watcher", "default_watcher", "known_error_codes", "known_incomplete_reasons"]
 
@@ -90,6 +96,19 @@ class Watcher:
         max_extra_codes: distinct unknown error codes/reasons admitted as labels before
             they become ``other``.
         max_extra_models: distinct model names admitted as labels before ``other``.
+        otel: also write the metric contract through the OpenTelemetry metrics API (the
+            "OTel mirror", for ``opentelemetry-exporter-prometheus`` or OTLP). Off by default,
+            so that nothing is counted twice; use ``prometheus=False, otel=True`` to count
+            only through OpenTelemetry.
+        meter_provider: the meter provider of the OTel mirror (default: the global one).
+        tracing: make OpenTelemetry spans (a span per Responses API call and a lifecycle
+            span per background response). ``None`` (the default) means: only when a
+            ``tracer_provider`` is given. ``True`` with no provider uses the global one.
+        tracer_provider: where spans go.
+        capture_error_messages: put error messages (the API's ``error.message``, exception
+            messages) on span statuses. Off by default: they are free text.
+
+    See ``docs/opentelemetry.md``.
     """
 
     def __init__(
@@ -102,6 +121,11 @@ class Watcher:
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
         max_extra_codes: int = DEFAULT_MAX_EXTRA_CODES,
         max_extra_models: int = DEFAULT_MAX_EXTRA_MODELS,
+        otel: bool = False,
+        meter_provider: MeterProvider | None = None,
+        tracing: bool | None = None,
+        tracer_provider: TracerProvider | None = None,
+        capture_error_messages: bool = False,
     ) -> None:
         try:
             self.tracker = Tracker(max_tracked, ttl_seconds)
@@ -113,6 +137,23 @@ class Watcher:
         all_sinks: list[Sink] = []
         if prometheus:
             all_sinks.append(PrometheusSink.for_registry(None if registry is _UNSET else registry))
+        if otel:
+            all_sinks.append(OTelMetricsSink.for_meter_provider(meter_provider))
+        elif meter_provider is not None:
+            raise ConfigurationError("meter_provider= needs otel=True")
+        self.tracing: Tracing | None = None
+        """The span maker, when tracing is on (see :mod:`bgwatch.tracing`)."""
+        if tracing is None:
+            tracing = tracer_provider is not None
+        elif not tracing and tracer_provider is not None:
+            raise ConfigurationError("tracer_provider= and tracing=False contradict each other")
+        if tracing:
+            from .tracing import Tracing
+
+            self.tracing = Tracing(
+                tracer_provider, capture_error_messages=capture_error_messages, on_error=self.internal_error
+            )
+            all_sinks.append(self.tracing)
         all_sinks.extend(sinks)
         self._sinks: tuple[Sink, ...] = tuple(all_sinks)
         self._logged_stages: set[str] = set()
@@ -172,7 +213,8 @@ class Watcher:
             return None
         if observation.background is None and observation.call == "create":
             return None
-        return self.tracker.observe(observation.response_id, observation.status)
+        attach = self.tracing.new_lifecycle if self.tracing is not None else None
+        return self.tracker.observe(observation.response_id, observation.status, attach)
 
     def _labels(self, observation: Observation) -> ResponseLabels:
         status = observation.status or "unknown"
@@ -187,6 +229,8 @@ class Watcher:
     def _duration(observation: Observation, transition: Transition | None) -> float | None:
         if transition is None or not transition.finished:
             return None
+        if observation.created_at is None and transition.new:
+            return None  # first seen already finished (a webhook): the start is unknown
         start = observation.created_at if observation.created_at is not None else transition.first_seen
         end = observation.completed_at if observation.completed_at is not None else time.time()
         return max(0.0, end - start)

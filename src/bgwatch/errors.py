@@ -114,9 +114,7 @@ class BackgroundResponseError(BgwatchError):
         return (_rebuild, (type(self), self.message, state))
 
 
-def _rebuild(
-    cls: type[BackgroundResponseError], message: str, state: dict[str, Any]
-) -> BackgroundResponseError:
+def _rebuild(cls: type[BackgroundResponseError], message: str, state: dict[str, Any]) -> BackgroundResponseError:
     return cls(message, **state)
 
 

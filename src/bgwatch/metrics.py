@@ -10,8 +10,13 @@
 | bg_response_duration_seconds    | histogram | status, model  |
 | bg_response_in_flight           | gauge     |                |
 | bgwatch_internal_errors_total   | counter   | stage          |
+| bgwatch_webhook_rejected_total  | counter   | reason         |
 
 Instruments are created once per registry and shared by every watcher that uses it.
+
+:class:`OTelMetricsSink` mirrors the same contract through the OpenTelemetry metrics API, with
+instrument names that the OpenTelemetry Prometheus exporter turns into exactly these metric
+and label names (it appends ``_total`` to counters and ``_seconds`` for the unit ``s``).
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ import weakref
 from dataclasses import dataclass
 from typing import Final
 
+from opentelemetry import metrics as otel_metrics
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from ._classify import Observation
 from ._tracker import Transition
 from .errors import ConfigurationError
 
-__all__ = ["DURATION_BUCKETS", "METRIC_NAMES", "PrometheusSink", "ResponseLabels"]
+__all__ = ["DURATION_BUCKETS", "METRIC_NAMES", "OTelMetricsSink", "PrometheusSink", "ResponseLabels"]
 
 DURATION_BUCKETS: Final[tuple[float, ...]] = (
     1.0,
@@ -56,6 +62,7 @@ METRIC_NAMES: Final = (
     "bg_response_duration_seconds",
     "bg_response_in_flight",
     "bgwatch_internal_errors_total",
+    "bgwatch_webhook_rejected_total",
 )
 
 
@@ -133,6 +140,12 @@ class PrometheusSink:
             ["stage"],
             registry=registry,
         )
+        self.webhook_rejections = Counter(
+            "bgwatch_webhook_rejected",
+            "Webhook deliveries refused (forged, stale, replayed, malformed, overloaded); never outcomes.",
+            ["reason"],
+            registry=registry,
+        )
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry | None = None) -> PrometheusSink:
@@ -193,3 +206,123 @@ class PrometheusSink:
     def internal_error(self, stage: str) -> None:
         """Count an error caught inside bgwatch."""
         self.internal_errors.labels(stage).inc()
+
+    def webhook_rejected(self, reason: str) -> None:
+        """Count a refused webhook delivery (``reason`` is one of a fixed, bounded set)."""
+        self.webhook_rejections.labels(reason).inc()
+
+
+_otel_sinks: weakref.WeakKeyDictionary[otel_metrics.MeterProvider, OTelMetricsSink] = weakref.WeakKeyDictionary()
+
+
+class OTelMetricsSink:
+    """The metric contract through the OpenTelemetry metrics API (the "OTel mirror").
+
+    Instrument names are chosen so that ``opentelemetry-exporter-prometheus`` exposes exactly
+    the names and labels of :data:`METRIC_NAMES` (plus its ``otel_scope_*`` labels): counters
+    get ``_total`` appended, the histogram's unit ``s`` gives ``_seconds``, and units in braces
+    (``{response}``) add nothing. One dashboard serves both paths.
+
+    Use :meth:`for_meter_provider`, which returns the one sink of a meter provider.
+    """
+
+    def __init__(self, meter_provider: otel_metrics.MeterProvider | None = None) -> None:
+        meter = otel_metrics.get_meter("bgwatch", meter_provider=meter_provider)
+        self.failed = meter.create_counter(
+            "bg_response_failed",
+            unit="{response}",
+            description="Background responses that ended failed, by error.code (once per response id).",
+        )
+        self.incomplete = meter.create_counter(
+            "bg_response_incomplete",
+            unit="{response}",
+            description="Background responses that ended incomplete, by incomplete_details.reason.",
+        )
+        self.finished = meter.create_counter(
+            "bg_response_finished",
+            unit="{response}",
+            description="Background responses that reached a terminal status (once per response id).",
+        )
+        self.created = meter.create_counter(
+            "bg_response_created",
+            unit="{response}",
+            description="Background responses created through an instrumented client.",
+        )
+        self.polls = meter.create_counter(
+            "bg_response_polls",
+            unit="{poll}",
+            description="Retrieve calls that returned a response, by the status the poll saw.",
+        )
+        self.duration = meter.create_histogram(
+            "bg_response_duration",
+            unit="s",
+            description="Seconds from created_at to the terminal state of a background response.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )
+        self.in_flight = meter.create_up_down_counter(
+            "bg_response_in_flight",
+            unit="{response}",
+            description="Background responses seen but not yet seen in a terminal state.",
+        )
+        self.internal_errors = meter.create_counter(
+            "bgwatch_internal_errors",
+            unit="{error}",
+            description="Errors inside bgwatch, caught so that the user's call went through untouched.",
+        )
+        self.webhook_rejections = meter.create_counter(
+            "bgwatch_webhook_rejected",
+            unit="{delivery}",
+            description="Webhook deliveries refused (forged, stale, replayed, malformed, overloaded); never outcomes.",
+        )
+
+    @classmethod
+    def for_meter_provider(cls, meter_provider: otel_metrics.MeterProvider | None = None) -> OTelMetricsSink:
+        """The shared sink of ``meter_provider`` (the global one by default), made on first use."""
+        provider = otel_metrics.get_meter_provider() if meter_provider is None else meter_provider
+        with _sinks_lock:
+            try:
+                sink = _otel_sinks.get(provider)
+            except TypeError:  # not weak-referenceable: no sharing
+                return cls(provider)
+            if sink is None:
+                sink = _otel_sinks[provider] = cls(provider)
+            return sink
+
+    def observed(
+        self,
+        observation: Observation,
+        transition: Transition | None,
+        labels: ResponseLabels,
+        duration: float | None,
+    ) -> None:
+        """Record one observation (labels already bounded by the watcher)."""
+        if observation.call == "retrieve":
+            self.polls.add(1, {"status": labels.status})
+        if transition is None:
+            return
+        if transition.in_flight_delta:
+            self.in_flight.add(transition.in_flight_delta)
+        if transition.new and observation.call == "create":
+            self.created.add(1, {"model": labels.model})
+        if not transition.finished:
+            return
+        self.finished.add(1, {"status": labels.status, "model": labels.model})
+        if labels.code is not None:
+            self.failed.add(1, {"code": labels.code, "model": labels.model})
+        if labels.reason is not None:
+            self.incomplete.add(1, {"reason": labels.reason, "model": labels.model})
+        if duration is not None:
+            self.duration.record(duration, {"status": labels.status, "model": labels.model})
+
+    def adjust_in_flight(self, delta: int) -> None:
+        """Apply an in-flight change that happened outside an observation (TTL sweep)."""
+        if delta:
+            self.in_flight.add(delta)
+
+    def internal_error(self, stage: str) -> None:
+        """Count an error caught inside bgwatch."""
+        self.internal_errors.add(1, {"stage": stage})
+
+    def webhook_rejected(self, reason: str) -> None:
+        """Count a refused webhook delivery (``reason`` is one of a fixed, bounded set)."""
+        self.webhook_rejections.add(1, {"reason": reason})

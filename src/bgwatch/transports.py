@@ -27,6 +27,7 @@ from ._classify import (
 )
 from ._watcher import Watcher, default_watcher
 from .errors import BackgroundResponseError, ConfigurationError, exception_for, validate_raise_on
+from .tracing import NOOP_CALL_SPAN, CallSpan
 
 try:
     import httpx2
@@ -117,12 +118,29 @@ class Hook:
         """Whether a selected call answered with an event stream (observed, never buffered)."""
         return 200 <= status_code < 300 and is_event_stream(content_type)
 
+    def start_span(self, call: CallKind, request: Any) -> CallSpan:
+        """The OpenTelemetry span of a selected call (a no-op when tracing is off). Never raises.
+
+        The adapter activates it around sending and recording, reports the HTTP status and
+        any exception, and ends it when the call is over (for a stream: when the stream is).
+        """
+        tracing = self.watcher.tracing
+        if tracing is None:
+            return NOOP_CALL_SPAN
+        return tracing.start_call(call, request)
+
     def inspect(
-        self, call: CallKind, status_code: int, headers: Mapping[str, str], body: bytes
+        self,
+        call: CallKind,
+        status_code: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        span: CallSpan = NOOP_CALL_SPAN,
     ) -> BackgroundResponseError | None:
         """Record what a complete body says; return the exception to raise, if any.
 
         Never raises. Errors inside bgwatch are counted and the body passes untouched.
+        ``span`` (the call's span) gets the response's id, model and status.
         """
         try:
             observation = classify_body(
@@ -137,8 +155,19 @@ class Hook:
             return None
         if observation is None:
             return None
+        span.observed(observation)
         self.watcher.record(observation)
         return self.exception_for(observation, lambda: _full_body(body, headers))
+
+    def record(self, observation: Observation, span: CallSpan = NOOP_CALL_SPAN) -> None:
+        """Record what a call saw outside the adapter's own frame (a stream event). Never raises.
+
+        The call's span gets the response's id, model and status, and is current while the
+        watcher records, so that the response's lifecycle span links to it.
+        """
+        span.observed(observation)
+        with span.activate():
+            self.watcher.record(observation)
 
     def exception_for(self, observation: Observation, body: Any = None) -> BackgroundResponseError | None:
         """The typed exception ``observation`` calls for under ``raise_on``, else None."""
@@ -228,24 +257,36 @@ class _SyncAdapter:
         """Send through the inner transport; inspect Responses API answers on the way back."""
         hook = self.hook
         call = hook.select(request.method, request.url.path)
-        response = self._inner.handle_request(request)
         if call is None:
-            return response
-        content_type = response.headers.get("content-type")
-        if not hook.wants_body(response.status_code, content_type):
-            return response  # streams are observed by the SSE layer; errors are the SDK's business
+            return self._inner.handle_request(request)
+        span = hook.start_span(call, request)
         try:
-            body = b"".join(response.stream)
-        finally:
-            response.close()
-        fresh = self._module.Response(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=self._module.ByteStream(body),
-            extensions=response.extensions,
-            request=request,
-        )
-        error = hook.inspect(call, response.status_code, response.headers, body)
+            with span.activate():
+                response = self._inner.handle_request(request)
+                span.http_status(response.status_code)
+                content_type = response.headers.get("content-type")
+                if not hook.wants_body(response.status_code, content_type):
+                    # Streams are observed by the SSE layer (which is to end the span when the
+                    # stream ends); errors are the SDK's business.
+                    span.end()
+                    return response
+                try:
+                    body = b"".join(response.stream)
+                finally:
+                    response.close()
+                fresh = self._module.Response(
+                    status_code=response.status_code,
+                    headers=response.headers,
+                    stream=self._module.ByteStream(body),
+                    extensions=response.extensions,
+                    request=request,
+                )
+                error = hook.inspect(call, response.status_code, response.headers, body, span)
+        except BaseException as exc:
+            span.failed(exc)
+            span.end()
+            raise
+        span.end()
         if error is not None:
             raise error
         return fresh
@@ -281,24 +322,34 @@ class _AsyncAdapter:
         """Send through the inner transport; inspect Responses API answers on the way back."""
         hook = self.hook
         call = hook.select(request.method, request.url.path)
-        response = await self._inner.handle_async_request(request)
         if call is None:
-            return response
-        content_type = response.headers.get("content-type")
-        if not hook.wants_body(response.status_code, content_type):
-            return response
+            return await self._inner.handle_async_request(request)
+        span = hook.start_span(call, request)
         try:
-            body = b"".join([chunk async for chunk in response.stream])
-        finally:
-            await response.aclose()
-        fresh = self._module.Response(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=self._module.ByteStream(body),
-            extensions=response.extensions,
-            request=request,
-        )
-        error = hook.inspect(call, response.status_code, response.headers, body)
+            with span.activate():
+                response = await self._inner.handle_async_request(request)
+                span.http_status(response.status_code)
+                content_type = response.headers.get("content-type")
+                if not hook.wants_body(response.status_code, content_type):
+                    span.end()  # a stream's span is the SSE layer's to end, as in the sync adapter
+                    return response
+                try:
+                    body = b"".join([chunk async for chunk in response.stream])
+                finally:
+                    await response.aclose()
+                fresh = self._module.Response(
+                    status_code=response.status_code,
+                    headers=response.headers,
+                    stream=self._module.ByteStream(body),
+                    extensions=response.extensions,
+                    request=request,
+                )
+                error = hook.inspect(call, response.status_code, response.headers, body, span)
+        except BaseException as exc:
+            span.failed(exc)
+            span.end()
+            raise
+        span.end()
         if error is not None:
             raise error
         return fresh
@@ -448,8 +499,7 @@ def _wrap_client_transports(client: Any, wrap: Any) -> None:
         )
     client._transport = wrap(client._transport)
     client._mounts = {
-        pattern: (wrap(transport) if transport is not None else None)
-        for pattern, transport in client._mounts.items()
+        pattern: (wrap(transport) if transport is not None else None) for pattern, transport in client._mounts.items()
     }
 
 
