@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import bgwatch
 from bgwatch._tracker import Tracker
 from bgwatch.errors import ConfigurationError
-from bgwatch.metrics import DURATION_BUCKETS, METRIC_NAMES
+from bgwatch.metrics import INTERNAL_ERROR_STAGES, DURATION_BUCKETS, METRIC_NAMES
 from bgwatch.tracing import MAX_LINKS
 from bgwatch.transports import sdk_library
 
@@ -669,7 +669,10 @@ def test_otel_mirror_instruments(fake_api: FakeAPI) -> None:
     assert set(metrics) == {
         "bg_response_created", "bg_response_polls", "bg_response_finished", "bg_response_failed",
         "bg_response_incomplete", "bg_response_duration", "bg_response_in_flight",
+        "bgwatch_internal_errors",  # every stage exists from the start, at 0
     }  # fmt: skip
+    errors = {p.attributes["stage"]: p.value for p in metrics["bgwatch_internal_errors"].data.data_points}  # type: ignore[union-attr,index]
+    assert errors == dict.fromkeys(INTERNAL_ERROR_STAGES, 0)
     duration = metrics["bg_response_duration"]
     assert duration.unit == "s"
     points = list(duration.data.data_points)

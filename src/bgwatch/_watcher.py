@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from ._classify import Observation
 from ._tracker import DEFAULT_MAX_TRACKED, DEFAULT_TTL_SECONDS, LabelValues, Tracker, Transition
 from .errors import ConfigurationError
-from .metrics import OTelMetricsSink, PrometheusSink, ResponseLabels
+from .metrics import INTERNAL_ERROR_STAGES, OTelMetricsSink, PrometheusSink, ResponseLabels
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -34,7 +34,6 @@ log = logging.getLogger("bgwatch")
 
 DEFAULT_MAX_EXTRA_CODES = 50
 DEFAULT_MAX_EXTRA_MODELS = 50
-INTERNAL_ERROR_STAGES = ("request", "classify", "record", "stream", "sink", "trace", "webhook")
 
 
 def _literal_values(annotation: Any) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ from typing import Final
 from opentelemetry import metrics as otel_metrics
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from ._classify import Observation
+from ._classify import STATUSES, Observation
 from ._tracker import Transition
 from .errors import ConfigurationError
 
@@ -52,6 +52,9 @@ DURATION_BUCKETS: Final[tuple[float, ...]] = (
     28800.0,
 )
 """Seconds from ``created_at`` to the terminal state: background responses run up to hours."""
+
+INTERNAL_ERROR_STAGES: Final = ("request", "classify", "record", "stream", "sink", "trace", "webhook", "other")
+"""The bounded ``stage`` label values of ``bgwatch_internal_errors_total``."""
 
 METRIC_NAMES: Final = (
     "bg_response_failed_total",
@@ -146,6 +149,12 @@ class PrometheusSink:
             ["reason"],
             registry=registry,
         )
+        # Series that exist from the start at 0, so that rate() and increase() see the first
+        # increment (a series born at 1 looks like it never moved).
+        for stage in INTERNAL_ERROR_STAGES:
+            self.internal_errors.labels(stage)
+        for status in STATUSES:
+            self.polls.labels(status)
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry | None = None) -> PrometheusSink:
@@ -274,6 +283,11 @@ class OTelMetricsSink:
             unit="{delivery}",
             description="Webhook deliveries refused (forged, stale, replayed, malformed, overloaded); never outcomes.",
         )
+        # The same zero-valued series as the Prometheus sink, so both paths expose one shape.
+        for stage in INTERNAL_ERROR_STAGES:
+            self.internal_errors.add(0, {"stage": stage})
+        for status in STATUSES:
+            self.polls.add(0, {"status": status})
 
     @classmethod
     def for_meter_provider(cls, meter_provider: otel_metrics.MeterProvider | None = None) -> OTelMetricsSink:
