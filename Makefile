@@ -38,7 +38,7 @@ prometheus:
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check src tests scripts benchmarks examples
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
