@@ -83,14 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
 
+    # Installed explicitly: a shell starting us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     sim.start()
     print(sim.base_url, flush=True)
     try:
         while not stop.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         sim.stop()
         done = len(sim.ledger())

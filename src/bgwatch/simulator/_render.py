@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from typing import Any, Literal
 
 from ._model import Outcome, TerminalStatus
@@ -408,8 +407,3 @@ class Renderer:
         """The response status an event shows, for events that carry the response."""
         response = data.get("response")
         return str(response["status"]) if isinstance(response, dict) else None
-
-
-def now_wall() -> float:
-    """Wall-clock seconds, for ``created_at``/``completed_at``."""
-    return time.time()

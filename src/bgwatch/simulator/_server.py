@@ -168,6 +168,16 @@ class Simulator:
 
     Faults: see :meth:`inject` and :class:`Faults`. ``gzip_responses`` gzips every
     body when the client accepts gzip.
+
+    Arguments not covered above: ``host``/``port`` to bind (port 0: a free one);
+    ``poll_after_ms`` for the ``openai-poll-after-ms`` header; ``output_bytes``, the
+    size of a completed response's text (benchmarks use 100 KB - 1 MB);
+    ``slow_seconds``, the delay of the ``slow`` fault; ``retry_after_ms``, sent with
+    injected 429/500/503; ``cut_after_events``, events a ``cut`` stream delivers.
+
+    ``mix``, ``durations``, ``poll_after_ms`` (None omits the header), ``slow_seconds``,
+    ``retry_after_ms``, ``gzip_responses`` and ``faults`` may be changed while running;
+    they apply to the requests that follow.
     """
 
     def __init__(
@@ -194,7 +204,7 @@ class Simulator:
         if cancel_event not in ("response.incomplete", "response.failed", None):
             raise ValueError(f"cancel_event must be response.incomplete, response.failed or None: {cancel_event}")
         self.seed = seed
-        self.mix = Mix.parse(mix) if isinstance(mix, str) else (mix or Mix())
+        self.mix = mix or Mix()
         self.durations = (float(lo), float(hi))
         self.host = host
         self.poll_after_ms = poll_after_ms
@@ -205,8 +215,6 @@ class Simulator:
         self.renderer = Renderer(
             output_bytes=output_bytes, cancel_event=cancel_event, stream_error_events=stream_error_events
         )
-        self._codes = self.mix.failure_codes()
-        self._reasons = self.mix.incomplete_reasons()
         self._requested_port = port
         self._lock = threading.Lock()
         # Wakes live SSE streams on cancel and stop; shares the state lock so a stream
@@ -224,6 +232,18 @@ class Simulator:
         self._thread: threading.Thread | None = None
         self._internal_errors: list[str] = []
         self.request_log = RequestLog()
+
+    @property
+    def mix(self) -> Mix:
+        """The outcome mix new responses draw from (may be replaced while running)."""
+        return self._resolved[0]
+
+    @mix.setter
+    def mix(self, value: Mix | str) -> None:
+        mix = Mix.parse(value) if isinstance(value, str) else value
+        # Resolved once per Mix, not per create; one attribute so a concurrent draw
+        # never pairs the weights of one Mix with the codes of another.
+        self._resolved = (mix, mix.failure_codes(), mix.incomplete_reasons())
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -385,7 +405,8 @@ class Simulator:
     # -- state -------------------------------------------------------------------------
 
     def _draw(self, rng: random.Random) -> tuple[TerminalStatus, str | None, str | None, float, float]:
-        weights = self.mix.weights()
+        mix, codes, reasons = self._resolved
+        weights = mix.weights()
         u = rng.random() * sum(weights)
         status: TerminalStatus = TERMINAL_STATUSES[-1]
         for candidate, w in zip(TERMINAL_STATUSES, weights, strict=True):
@@ -393,8 +414,8 @@ class Simulator:
                 status = candidate
                 break
             u -= w
-        code = rng.choice(self._codes) if status == "failed" else None
-        reason = rng.choice(self._reasons) if status == "incomplete" else None
+        code = rng.choice(codes) if status == "failed" else None
+        reason = rng.choice(reasons) if status == "incomplete" else None
         lo, hi = self.durations
         d1, d2 = sorted((rng.uniform(lo, hi), rng.uniform(lo, hi)))
         return status, code, reason, d1, d2
