@@ -555,3 +555,41 @@ def test_async_receiver_closes_cleanly() -> None:
         await receiver.aclose(timeout=1)
 
     asyncio.run(main())
+
+
+def test_the_simulator_sends_signed_webhooks_that_match_its_ledger(
+    registry: CollectorRegistry, watcher: bgwatch.Watcher
+) -> None:
+    """The platform's path end to end: the simulator signs and POSTs one webhook per response
+    when it ends (a cancel at once); the receiver's follow-up retrieve supplies the codes;
+    a client polling the same responses too changes no count."""
+    # The receiver needs the simulator's URL for its follow-up client and the simulator needs
+    # the receiver's URL: the server dispatches to an app installed once both exist.
+    apps: list[Any] = []
+    with wsgiref_server(lambda environ, start_response: apps[0](environ, start_response)) as url, Simulator(
+        seed=11, mix="completed=40,failed=40,incomplete=10,cancelled=10", durations=(0.01, 0.05),
+        webhook_url=url, webhook_secret=SECRET,
+    ) as sim:  # fmt: skip
+        follow_up = openai.OpenAI(base_url=sim.base_url, api_key="k", http_client=bgwatch.http_client(watcher=watcher))
+        app = wsgi_app(secret=SECRET, client=follow_up, watcher=watcher)
+        apps.append(app)
+        poller = openai.OpenAI(base_url=sim.base_url, api_key="k", http_client=bgwatch.http_client(watcher=watcher))
+        ids = [poller.responses.create(model=MODEL, input="x", background=True).id for _ in range(30)]
+        cancelled = poller.responses.cancel(ids[-1]).id
+        until(lambda: len(sim.ledger()) == len(ids))
+        for response_id in ids[:10]:  # seen by polling and by webhook
+            poller.responses.retrieve(response_id)
+        assert sim.webhooks is not None
+        until(lambda: len(sim.webhooks.sent) == len(ids), timeout=10)  # type: ignore[union-attr]
+        assert all(s.status == 200 for s in sim.webhooks.sent)
+        assert app.receiver.join(10)
+        ledger = sim.ledger()
+    app.receiver.close()
+    assert ledger[cancelled].status == "cancelled"
+    for status in ("completed", "failed", "incomplete", "cancelled"):
+        expected = sum(1 for o in ledger.values() if o.status == status)
+        assert sample(registry, "bg_response_finished_total", status=status, model=MODEL) == expected, status
+    for code in {o.code for o in ledger.values() if o.status == "failed"}:
+        expected = sum(1 for o in ledger.values() if o.code == code)
+        assert sample(registry, "bg_response_failed_total", code=str(code), model=MODEL) == expected, code
+    assert sample(registry, "bg_response_in_flight") == 0

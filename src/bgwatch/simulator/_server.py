@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import heapq
 import json
 import random
 import re
@@ -34,6 +35,7 @@ from ._model import (
     TerminalStatus,
 )
 from ._render import CancelEvent, Record, Renderer, dumps, error_body, new_id
+from .webhooks import EVENT_TYPES, WebhookSender
 
 __all__ = ["LoggedRequest", "RequestLog", "Simulator"]
 
@@ -197,6 +199,8 @@ class Simulator:
         cancel_event: CancelEvent = "response.incomplete",
         stream_error_events: bool = False,
         cut_after_events: int = 2,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         lo, hi = durations
         if not 0 <= lo <= hi:
@@ -232,6 +236,17 @@ class Simulator:
         self._thread: threading.Thread | None = None
         self._internal_errors: list[str] = []
         self.request_log = RequestLog()
+        # Signed webhooks, like the platform's: one delivery per background response when it
+        # reaches its terminal state (a cancel delivers at once).
+        self.webhooks: WebhookSender | None = None
+        if webhook_url is not None:
+            if not webhook_secret:
+                raise ValueError("webhook_url needs webhook_secret (see bgwatch.simulator.webhooks.new_secret)")
+            self.webhooks = WebhookSender(webhook_url, webhook_secret)
+        self._due: list[tuple[float, str]] = []
+        self._due_wake = threading.Event()
+        self._notified: set[str] = set()
+        self._webhook_thread: threading.Thread | None = None
 
     @property
     def mix(self) -> Mix:
@@ -257,13 +272,23 @@ class Simulator:
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="bgwatch-sim", daemon=True
         )
         self._thread.start()
+        if self.webhooks is not None:
+            self._webhook_thread = threading.Thread(
+                target=self._deliver_webhooks, name="bgwatch-sim-webhooks", daemon=True
+            )
+            self._webhook_thread.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving, close every connection and join the server's threads."""
         self._stopping.set()
+        self._due_wake.set()
         with self._cond:
             self._cond.notify_all()
+        if self._webhook_thread is not None:
+            self._webhook_thread.join(timeout)
+        if self.webhooks is not None:
+            self.webhooks.close()
         server = self._server
         if server is None:
             return
@@ -454,7 +479,36 @@ class Simulator:
         if not dry:
             with self._lock:
                 self._records[rec.id] = rec
+                if self.webhooks is not None and background:
+                    heapq.heappush(self._due, (t2, rec.id))
+            self._due_wake.set()
         return rec
+
+    def _deliver_webhooks(self) -> None:
+        """Send each background response's terminal webhook when it is due (own thread)."""
+        sender = self.webhooks
+        assert sender is not None
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            ready: list[Record] = []
+            with self._lock:
+                while self._due and self._due[0][0] <= now:
+                    _, response_id = heapq.heappop(self._due)
+                    if response_id not in self._notified:
+                        self._notified.add(response_id)
+                        ready.append(self._records[response_id])
+                wait = self._due[0][0] - now if self._due else None
+            for rec in ready:
+                self._notify(sender, rec, now)
+            self._due_wake.wait(wait)
+            self._due_wake.clear()
+
+    def _notify(self, sender: WebhookSender, rec: Record, now: float) -> None:
+        outcome = rec.outcome(now)
+        try:
+            sender.submit(EVENT_TYPES[outcome.status], rec.id, rec.created_at)
+        except Exception:
+            self._internal_errors.append(traceback.format_exc())
 
     def _get(self, response_id: str) -> Record:
         rec = self._records.get(response_id)
@@ -520,6 +574,7 @@ class Simulator:
 
     def _r_cancel(self, response_id: str, *, query: str, body: bytes, dry: bool) -> _Json:
         rec = self._get(response_id)
+        notify = False
         with self._cond:
             now = time.monotonic()
             status = rec.status_at(now)
@@ -531,6 +586,11 @@ class Simulator:
                 rec.cancel_at = now
                 rec.cancel_wall = time.time()
                 self._cond.notify_all()
+                notify = self.webhooks is not None and rec.id not in self._notified
+                if notify:  # the scheduled delivery will find it notified and skip it
+                    self._notified.add(rec.id)
+        if not dry and notify and self.webhooks is not None:
+            self._notify(self.webhooks, rec, now)
         if dry:
             # Render a cancelled copy without touching the real record.
             shadow = Record.__new__(Record)
