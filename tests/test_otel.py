@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import bgwatch
 from bgwatch._tracker import Tracker
 from bgwatch.errors import ConfigurationError
-from bgwatch.metrics import INTERNAL_ERROR_STAGES, DURATION_BUCKETS, METRIC_NAMES
+from bgwatch.metrics import DURATION_BUCKETS, INTERNAL_ERROR_STAGES, METRIC_NAMES
 from bgwatch.tracing import MAX_LINKS
 from bgwatch.transports import sdk_library
 
