@@ -48,6 +48,7 @@ from .errors import (
     exception_class_for,
     raise_for_status,
 )
+from .exposition import mark_process_dead, metrics_asgi_app, metrics_wsgi_app, start_metrics_server
 from .transports import (
     AsyncHttpx2Transport,
     AsyncHttpxTransport,
@@ -100,7 +101,11 @@ __all__ = [
     "default_watcher",
     "exception_class_for",
     "http_client",
+    "mark_process_dead",
+    "metrics_asgi_app",
+    "metrics_wsgi_app",
     "raise_for_status",
+    "start_metrics_server",
     "wait",
     "webhooks",
 ]
