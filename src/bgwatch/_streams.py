@@ -1,0 +1,560 @@
+"""Observe streamed (Server-Sent Events) Responses API answers as they pass, never buffered.
+
+``client.responses.create(..., stream=True)`` and ``retrieve(id, stream=True, starting_after=N)``
+answer with ``text/event-stream``. The transports (:mod:`bgwatch.transports`) swap the
+response's byte stream for a thin wrapper from :func:`observe_stream`: every chunk the inner
+transport produces is handed to the client as is, the moment it arrives (one chunk out per
+chunk in: no read-ahead, no added latency), and the same bytes object is fed to an
+incremental :class:`~bgwatch._sse.SSEParser` on the way. The parser keeps O(1) memory per stream: one
+event's data, at most :data:`MAX_EVENT_DATA` bytes of it (a longer ``response`` object is read
+in jiter's partial mode, as :func:`bgwatch._classify.parse_response_prefix` reads a prefix).
+
+What counts
+    Lifecycle events (``response.created``, ``.queued``, ``.in_progress``, ``.completed``,
+    ``.failed``, ``.incomplete``, and a future ``.cancelled``) carry the whole ``response``
+    object; each becomes an :class:`~bgwatch.Observation` fed to the same watcher as polls, so
+    the tracker counts a response's terminal state once per id whether it was streamed,
+    resumed, replayed, polled or all of these. Call kind ``"create"`` for the stream answering
+    ``POST /responses`` (``bg_response_created_total`` counts it), ``"stream"`` for a resumed or
+    replayed ``GET /responses/{id}?stream=true`` (neither created nor poll counted). Other
+    events (``response.output_text.delta`` ...) are recognised by their ``event:`` name and
+    never JSON-parsed.
+
+The ``error`` event
+    It carries no response object and no status, only ``code``/``message``. It is attributed
+    to the stream's response id (learned from earlier events, one string in the wrapper) and
+    is **not counted by itself**: the real API follows it with ``response.failed``, which holds
+    the status and counts once, exactly like a poll of the same response would. Counting the
+    ``error`` event too would count the failure twice; counting it *instead* would turn a
+    stream-level error on a response that goes on running in the background into a terminal
+    ``failed`` that the tracker would then never correct. So the error event only fills in a
+    ``response.failed`` that lacks ``error.code`` (and the exception's message). A stream that
+    ends after ``error`` without a terminal event counts nothing: the id stays in flight until
+    a poll, a resumed stream, a webhook or the tracker's TTL settles it.
+
+``raise_on`` for streams
+    The SDK iterates ``response.iter_bytes()``, i.e. this wrapper. Raising while the chunk
+    that holds ``response.failed`` is still in our hands would also swallow the events before
+    it in the same chunk, which the SDK has not yielded yet. So the chunk is split at the
+    event boundary: the bytes up to the end of the event before the failing one are passed on
+    first (a chunk that only *begins* the failing event passes whole: the client holds a
+    partial event it never completes), and the typed exception is raised on the next pull,
+    after the inner stream is closed. The failing event itself is replaced by the exception,
+    as a poll's body is. The whole chunk still goes to the parser in one call (raise mode
+    costs nothing until a raise); the boundary is then found from the chunk's line-break runs
+    (:func:`_dispatch_spans`). The SDK lets an :class:`openai.OpenAIError` from the byte stream
+    through unchanged (openai 2.54 has no ``try`` around it; 3.57 converts only httpx/httpx2
+    transport errors) and closes the response in its ``finally``. For a compressed stream
+    the cut is mapped back to the longest compressed prefix that decodes to no more than the
+    events before the failing one (once per stream, by bisection over copies of the zlib
+    state); if the compression does not allow that, the whole chunk goes through and the
+    exception follows it.
+
+Fail open
+    Anything that goes wrong while observing is counted as
+    ``bgwatch_internal_errors_total{stage="stream"}`` and the stream goes on unobserved; the
+    bytes are never touched by a bug of ours.
+
+Lifetime
+    The wrapper holds the inner stream, the parser and a few strings, referenced only from the
+    response. When the stream ends (exhausted, closed, broken, abandoned and collected) the
+    parser is dropped, the inner stream closed and the call span ended (``failed`` for a broken
+    stream). A response whose stream died before its terminal event stays in flight in the
+    tracker until something else settles it or its TTL expires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import zlib
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final
+
+from ._classify import CallKind, Observation, _complete_keys, _parse_json, observation_from_mapping
+from ._sse import SSEEvent, SSEParser
+from .errors import BackgroundResponseError
+from .tracing import CallSpan
+
+if TYPE_CHECKING:
+    from .transports import Hook
+
+__all__ = ["MAX_EVENT_DATA", "StreamObserver", "observe_stream"]
+
+MAX_EVENT_DATA: Final = 64 * 1024
+"""Bytes of one event's data kept for parsing; the fields bgwatch reads come first."""
+
+LIFECYCLE_EVENTS: Final = frozenset(
+    (
+        "response.created",
+        "response.queued",
+        "response.in_progress",
+        "response.completed",
+        "response.failed",
+        "response.incomplete",
+        "response.cancelled",  # not sent today; its response.status would say what happened
+    )
+)
+_WANTED_EVENTS: Final = LIFECYCLE_EVENTS | {"error"}
+
+# Locating where the parser dispatched an event inside a chunk (raise mode, once per stream):
+# an event is dispatched at a blank line, a line ending right after another line ending.
+_CR: Final = 0x0D
+_LF: Final = 0x0A
+_LINE_BREAKS: Final = re.compile(rb"[\r\n]+")
+# A line whose field name is "data" ("data:..." or a bare "data"): what makes a blank line
+# dispatch an event.
+_DATA_LINE: Final = re.compile(rb"(?:\A|[\r\n])data(?::|[\r\n]|\Z)")
+_PEEK_BYTES: Final = 256
+
+
+class StreamObserver:
+    """The per-stream observation state, independent of the HTTP library. Never raises.
+
+    Args:
+        hook: the transport's :class:`~bgwatch.transports.Hook` (watcher, ``raise_on``).
+        call: ``"create"`` for a stream answering ``POST /responses``, else ``"stream"``.
+        span: the call's span; :meth:`end` ends it.
+        headers: the response headers (``x-request-id``, ``content-encoding``).
+    """
+
+    __slots__ = (
+        "_call",
+        "_decoder",
+        "_error_code",
+        "_error_for",
+        "_error_message",
+        "_hook",
+        "_last",
+        "_parser",
+        "_raise",
+        "_request_id",
+        "_response_id",
+        "_span",
+    )
+
+    def __init__(self, hook: Hook, call: CallKind, span: CallSpan, headers: Mapping[str, str]) -> None:
+        self._hook = hook
+        self._span = span
+        self._call: CallKind = call
+        self._request_id = headers.get("x-request-id")
+        self._raise = bool(hook.raise_on)
+        self._response_id: str | None = None  # learned from the lifecycle events
+        self._last = _LF  # the last byte parsed: the stream starts at a line start
+        self._error_code: str | None = None  # from an ``error`` event, for _error_for's failure
+        self._error_message: str | None = None
+        self._error_for: str | None = None
+        self._decoder: _Decoder | None = _Decoder.for_encoding(headers.get("content-encoding"))
+        self._parser: SSEParser | None = SSEParser(max_data_bytes=MAX_EVENT_DATA)
+
+    @property
+    def observing(self) -> bool:
+        """Whether events are still parsed (False after the end, a raise or an internal error)."""
+        return self._parser is not None
+
+    def feed(self, chunk: bytes) -> tuple[int, BackgroundResponseError | None]:
+        """Observe one chunk; say how much of it to pass on and what to raise after that.
+
+        Returns ``(len(chunk), None)`` unless a raising event was found: then ``(cut, exc)``,
+        meaning pass ``chunk[:cut]`` on (the events before the raising one), then raise ``exc``.
+        """
+        parser = self._parser
+        if parser is None or not chunk:
+            return len(chunk), None
+        try:
+            decoder = self._decoder
+            before = decoder.copy() if decoder is not None and self._raise else None
+            data = decoder.decode(chunk) if decoder is not None else chunk
+            # The whole chunk goes to the parser at once, raise mode included: finding where
+            # a raising event sits in the chunk is done only when one is found.
+            events = parser.feed(data)
+            for index, event in enumerate(events):
+                error = self._on_event(event)
+                if error is not None:
+                    self._parser = self._decoder = None  # the stream ends here for the caller
+                    return self._cut(chunk, data, before, index, len(events)), error
+            if data:
+                self._last = data[-1]
+            return len(chunk), None
+        except Exception as exc:
+            self._stop(exc)
+            return len(chunk), None
+
+    def finish(self) -> BackgroundResponseError | None:
+        """The inner stream is exhausted: flush the last event; the exception to raise, if any."""
+        parser = self._parser
+        if parser is None:
+            return None
+        try:
+            events: list[SSEEvent] = []
+            if self._decoder is not None:
+                events += parser.feed(self._decoder.flush())
+            events += parser.close()
+            for event in events:
+                error = self._on_event(event)
+                if error is not None and self._raise:
+                    return error
+        except Exception as exc:
+            self._stop(exc)
+        finally:
+            self._parser = self._decoder = None
+        return None
+
+    def failed(self, exc: BaseException) -> None:
+        """The stream broke with ``exc`` (a network error, a timeout): mark the call span."""
+        self._span.failed(exc)
+
+    def end(self) -> None:
+        """Drop the parser and end the call span (idempotent)."""
+        self._parser = self._decoder = None
+        self._span.end()
+
+    # -- internals -------------------------------------------------------------------
+
+    def _cut(self, chunk: bytes, data: bytes, before: Any, index: int, count: int) -> int:
+        """How much of ``chunk`` holds the ``index`` events before the raising one, and not it.
+
+        ``data`` is the chunk decoded (``chunk`` itself unless ``before``, the decompressor's
+        state before the chunk, is given), from which the parser dispatched ``count`` events.
+        """
+        if index == 0 and before is None:
+            return 0  # every earlier event was completed by an earlier chunk, already passed on
+        spans = _dispatch_spans(data, count, self._last)
+        if spans is None:  # cannot happen; if it does, lose no event: pass the chunk, then raise
+            self._hook.watcher.internal_error("stream", RuntimeError("event boundaries not found"))
+            return len(chunk)
+        start = spans[index - 1][1] if index else 0
+        if before is None:
+            return start
+        return _encoded_cut(before, chunk, start, spans[index][0])
+
+    def _on_event(self, event: SSEEvent) -> BackgroundResponseError | None:
+        """Record what one event says; the exception ``raise_on`` calls for, if any."""
+        name = event.event
+        if name is None:  # no "event:" line: the SDK goes by data.type, so do we
+            name = _peek_type(event.data)
+        if name not in _WANTED_EVENTS:
+            return None
+        try:
+            payload = _parse_json(event.data.encode(), partial=event.truncated)
+        except ValueError:
+            return None  # not JSON: the SDK will say so to the caller; nothing to observe
+        if not isinstance(payload, dict):
+            return None
+        kind = payload.get("type", name)
+        if kind == "error":
+            self._remember_error(payload)
+            return None
+        response = payload.get("response")
+        if not isinstance(response, dict):
+            return None
+        if event.truncated and next(reversed(payload)) == "response":
+            # The cut fell inside the response object: its last key may be cut short.
+            response = _complete_keys(response, complete=False)
+        observation = observation_from_mapping(self._call, response, self._request_id)
+        if observation is None:
+            return None
+        self._response_id = observation.response_id
+        observation = self._with_error_details(observation)
+        self._hook.record(observation, self._span)
+        if not self._raise:
+            return None
+        return self._hook.exception_for(observation, response)
+
+    def _remember_error(self, payload: Mapping[str, Any]) -> None:
+        # Two shapes are seen in the wild: {"type": "error", "code": ..., "message": ...} and
+        # {"type": "error", "error": {"code": ..., "message": ...}}.
+        source: Any = payload.get("error")
+        if not isinstance(source, Mapping):
+            source = payload
+        code = source.get("code")
+        message = source.get("message")
+        self._error_code = code[:256] if isinstance(code, str) and code else None
+        self._error_message = message[:4096] if isinstance(message, str) and message else None
+        self._error_for = self._response_id  # None: before any response event of this stream
+
+    def _with_error_details(self, observation: Observation) -> Observation:
+        """Fill a ``failed`` observation's missing code/message from an earlier ``error`` event."""
+        if observation.status != "failed" or self._error_code is None or observation.error_code is not None:
+            return observation
+        if self._error_for not in (None, observation.response_id):
+            return observation  # an error about another response than this one
+        return replace(
+            observation,
+            error_code=self._error_code,
+            error_message=observation.error_message or self._error_message,
+        )
+
+    def _stop(self, exc: BaseException) -> None:
+        """Stop observing this stream after an error of ours; the bytes keep flowing."""
+        self._parser = self._decoder = None
+        self._hook.watcher.internal_error("stream", exc)
+
+
+def _peek_type(data: str) -> str | None:
+    """``type`` of an event's JSON data from its first bytes (the API sends it first)."""
+    try:
+        head = _parse_json(data[:_PEEK_BYTES].encode(), partial=True)
+    except ValueError:
+        return None
+    if not isinstance(head, dict):
+        return None
+    kind = head.get("type")
+    # A string cut by the peek is dropped by partial mode, so a present type is whole.
+    return kind if isinstance(kind, str) else None
+
+
+def _dispatch_spans(data: bytes, count: int, previous: int) -> list[tuple[int, int]] | None:
+    """The line-break runs of ``data`` in which the parser dispatched its ``count`` events.
+
+    ``previous`` is the stream's byte before ``data`` (LF at the start of the stream). A run
+    holding a blank line dispatches an event (at that blank line; a run holds at most one
+    dispatch, as no data line comes between its blank lines) when a data line came since the
+    last blank line. For every such run but the first, that is decided by ``data`` alone; the
+    first may end an event begun in an earlier chunk, and whether it dispatched follows from
+    ``count``. Returns None when the runs cannot account for ``count`` events (a bug of ours).
+    """
+    candidates: list[tuple[int, int]] = []
+    dispatched: list[bool] = []
+    for match in _LINE_BREAKS.finditer(data):
+        start, end = match.span()
+        if not _holds_blank_line(data, start, end, previous if start == 0 else 0):
+            continue
+        if candidates:  # a blank line came before: no data is pending unless a data line follows
+            dispatched.append(_DATA_LINE.search(data[candidates[-1][1] : start]) is not None)
+        candidates.append((start, end))
+    if not candidates:
+        return None if count else []
+    later = [span for span, hit in zip(candidates[1:], dispatched, strict=True) if hit]
+    if count == len(later):
+        return later
+    if count == len(later) + 1:
+        return [candidates[0], *later]
+    return None
+
+
+def _holds_blank_line(data: bytes, start: int, end: int, before: int) -> bool:
+    """Whether the run of line breaks ``data[start:end]``, after the byte ``before``, ends an empty line."""
+    if before == _CR and data[start] == _LF:
+        start += 1  # the second half of a CRLF split across chunks: no line ending of its own
+        if start == end:
+            return False
+    endings = end - start - data.count(b"\r\n", start, end)  # CRLF counts once
+    return endings + (before in (_CR, _LF)) >= 2
+
+
+class _Decoder:
+    """Undoes a gzip/deflate Content-Encoding incrementally, for observation only."""
+
+    __slots__ = ("_raw_fallback", "_zlib")
+
+    def __init__(self) -> None:
+        # wbits 47 auto-detects a gzip or zlib header; raw deflate is handled on the first error.
+        self._zlib: Any = zlib.decompressobj(47)
+        self._raw_fallback = True
+
+    @classmethod
+    def for_encoding(cls, content_encoding: str | None) -> _Decoder | None:
+        encodings = [e.strip().lower() for e in (content_encoding or "").split(",") if e.strip()]
+        encodings = [e for e in encodings if e != "identity"]
+        if not encodings:
+            return None
+        if len(encodings) == 1 and encodings[0] in ("gzip", "x-gzip", "deflate"):
+            return cls()
+        # From StreamObserver(): observe_stream() counts it and leaves the stream unobserved.
+        raise _UnobservableEncoding(content_encoding)
+
+    def decode(self, chunk: bytes) -> bytes:
+        try:
+            out: bytes = self._zlib.decompress(chunk)
+        except zlib.error:
+            if not self._raw_fallback:
+                raise
+            self._zlib = zlib.decompressobj(-15)
+            self._raw_fallback = False
+            out = self._zlib.decompress(chunk)
+        self._raw_fallback = False
+        return out
+
+    def flush(self) -> bytes:
+        out: bytes = self._zlib.flush()
+        return out
+
+    def copy(self) -> Any:
+        """A copy of the zlib state, to decode the next chunk again (see :func:`_encoded_cut`)."""
+        return self._zlib.copy()
+
+
+class _UnobservableEncoding(Exception):
+    """A Content-Encoding (br, zstd, stacked) the stream observer does not decode."""
+
+
+def _encoded_cut(before: Any, chunk: bytes, start: int, limit: int) -> int:
+    """Map a cut in decoded bytes back to the compressed ``chunk``.
+
+    The longest prefix of ``chunk`` that decodes (from the state ``before``) to at most
+    ``limit`` bytes: the failing event stays incomplete for the SDK. If that prefix does not
+    reach ``start`` (every earlier event), the whole chunk is passed on rather than an earlier
+    event lost. Runs once per stream at most, so the binary search over copies is affordable.
+    """
+
+    def decoded(size: int) -> int:
+        return len(before.copy().decompress(chunk[:size]))
+
+    try:
+        low, high = 0, len(chunk)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if decoded(middle) <= limit:
+                low = middle
+            else:
+                high = middle - 1
+        return low if decoded(low) >= start else len(chunk)
+    except zlib.error:  # the first chunk of a raw deflate stream: the format was guessed later
+        return len(chunk)
+
+
+class _ObservedSyncStream:
+    """Passes a sync byte stream through unchanged while a :class:`StreamObserver` watches."""
+
+    def __init__(self, inner: Any, observer: StreamObserver) -> None:
+        self._inner = inner
+        self._observer: StreamObserver | None = observer
+        self._inner_closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        observer = self._observer
+        if observer is None:  # closed before iteration: let the inner stream say what it says
+            yield from self._inner
+            return
+        raised: BaseException | None = None
+        try:
+            for chunk in self._inner:
+                cut, error = observer.feed(chunk)
+                if error is not None:
+                    raised = error
+                    if cut:
+                        yield chunk[:cut]  # the events before the failure reach the caller first
+                    self._close_inner_quietly()
+                    raise error
+                yield chunk
+            error = observer.finish()
+            if error is not None:
+                raised = error
+                raise error
+        except GeneratorExit:  # closed or abandoned by the consumer: not a failure
+            raise
+        except BaseException as exc:
+            if exc is not raised:
+                observer.failed(exc)
+            raise
+        finally:
+            self._end()
+            self.close()
+
+    def close(self) -> None:
+        """End observing and close the inner stream (idempotent)."""
+        self._end()
+        if not self._inner_closed:
+            self._inner_closed = True
+            self._inner.close()
+
+    def _end(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.end()
+
+    def _close_inner_quietly(self) -> None:
+        # About to raise the typed exception: a failure to close must not replace it.
+        if not self._inner_closed:
+            self._inner_closed = True
+            with contextlib.suppress(Exception):
+                self._inner.close()
+
+
+class _ObservedAsyncStream:
+    """Passes an async byte stream through unchanged while a :class:`StreamObserver` watches."""
+
+    def __init__(self, inner: Any, observer: StreamObserver) -> None:
+        self._inner = inner
+        self._observer: StreamObserver | None = observer
+        self._inner_closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        observer = self._observer
+        if observer is None:
+            async for chunk in self._inner:
+                yield chunk
+            return
+        raised: BaseException | None = None
+        try:
+            async for chunk in self._inner:
+                cut, error = observer.feed(chunk)
+                if error is not None:
+                    raised = error
+                    if cut:
+                        yield chunk[:cut]
+                    await self._close_inner_quietly()
+                    raise error
+                yield chunk
+            error = observer.finish()
+            if error is not None:
+                raised = error
+                raise error
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            if exc is not raised:
+                observer.failed(exc)
+            raise
+        finally:
+            self._end()
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """End observing and close the inner stream (idempotent)."""
+        self._end()
+        if not self._inner_closed:
+            self._inner_closed = True
+            await self._inner.aclose()
+
+    def _end(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.end()
+
+    async def _close_inner_quietly(self) -> None:
+        if not self._inner_closed:
+            self._inner_closed = True
+            with contextlib.suppress(Exception):
+                await self._inner.aclose()
+
+
+@functools.cache
+def _stream_class(module: Any, asynchronous: bool) -> type[Any]:
+    """The wrapper class for ``module`` (httpx or httpx2): clients assert the base class."""
+    if asynchronous:
+        return type("ObservedAsyncByteStream", (_ObservedAsyncStream, module.AsyncByteStream), {})
+    return type("ObservedSyncByteStream", (_ObservedSyncStream, module.SyncByteStream), {})
+
+
+def observe_stream(
+    hook: Hook, call: CallKind, span: CallSpan, response: Any, module: Any, *, asynchronous: bool
+) -> bool:
+    """Wrap ``response.stream`` (an event stream) so that its events are observed as they pass.
+
+    ``call`` is what :meth:`Hook.select` said: ``"create"`` stays, anything else (a retrieve
+    with ``stream=true``) becomes ``"stream"``. On success the wrapper owns ``span`` and ends it
+    when the stream ends. Never raises: returns False (after counting an internal error) when
+    the stream could not be wrapped, and the response is left untouched.
+    """
+    try:
+        kind: CallKind = "create" if call == "create" else "stream"
+        observer = StreamObserver(hook, kind, span, response.headers)
+        response.stream = _stream_class(module, asynchronous)(response.stream, observer)
+    except Exception as exc:
+        hook.watcher.internal_error("stream", exc)
+        return False
+    return True
