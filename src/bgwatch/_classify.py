@@ -10,8 +10,10 @@ Two steps, so the transports can stay cheap on unrelated calls:
   ``/responses/{id}/input_items`` share the prefix and return other objects.
 
 The fields we need (id, status, error, incomplete_details, model, timestamps) come before
-``output`` in real bodies, so we parse a prefix in partial mode and fall back to a longer prefix,
-then the whole body, only when they are not all found.
+``output`` in real bodies, so we first parse only the bytes before the first ``"output"`` key
+(closed into a complete object), then, when that does not hold them all, a prefix in partial
+mode, a longer prefix, and the whole body only as a last resort. The cost per body stays flat
+whatever the size of the output.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ CallKind = Literal["create", "retrieve", "cancel", "stream", "webhook"]
 STATUSES: Final = ("queued", "in_progress", "completed", "failed", "cancelled", "incomplete")
 TERMINAL_STATUSES: Final = frozenset(("completed", "failed", "cancelled", "incomplete"))
 ACTIVE_STATUSES: Final = frozenset(("queued", "in_progress"))
+# The one string object of each status: an observation never holds (nor the tracker keeps,
+# once per in-flight response) a copy the parser made.
+_CANONICAL_STATUS: Final[dict[str, str]] = {status: status for status in STATUSES}
 
 # The keys we read. Once all are present (or `output` is reached) the rest of the body is irrelevant.
 _WANTED: Final = frozenset(
@@ -128,10 +133,13 @@ class _DecodedPrefix:
 
     def __init__(self, raw: bytes, content_encoding: str | None) -> None:
         self._raw = raw
-        encodings = [e.strip().lower() for e in (content_encoding or "").split(",") if e.strip()]
-        encodings = [e for e in encodings if e != "identity"]
         self._decompressor: Any = None
         self._done = True
+        if not content_encoding:  # the common case, kept cheap
+            self._decoded = raw
+            return
+        encodings = [e.strip().lower() for e in content_encoding.split(",") if e.strip()]
+        encodings = [e for e in encodings if e != "identity"]
         if not encodings:
             self._decoded = raw
             return
@@ -150,6 +158,13 @@ class _DecodedPrefix:
         if size is None or len(self._decoded) <= size:
             return self._decoded, self._done
         return self._decoded[:size], False
+
+    def before(self, marker: bytes, limit: int) -> bytes | None:
+        """The decoded bytes before the first ``marker`` in the first ``limit``, or None."""
+        if not self._done and len(self._decoded) < limit:
+            self._advance(limit)
+        cut = self._decoded.find(marker, 0, limit)
+        return None if cut < 0 else self._decoded[:cut]
 
     def _advance(self, size: int | None) -> None:
         want = 0 if size is None else size - len(self._decoded)
@@ -226,6 +241,28 @@ def _complete_keys(mapping: dict[str, Any], complete: bool) -> dict[str, Any]:
     return trimmed
 
 
+def _fields_before_output(data: bytes | None) -> dict[str, Any] | None:
+    """The top-level keys before ``"output"`` when they hold every field we read, else None.
+
+    In the live API's key order everything bgwatch reads comes before ``output``, usually
+    within the first few hundred bytes, while ``output`` holds the bulk of the body. Closing
+    the object right there (``"output":null}``) and parsing that much is far cheaper than
+    parsing a prefix of the output. The result is exact, not partial: when the first
+    ``"output"`` is not a top-level key (inside a string or a nested value) the closed text
+    is not valid JSON, or lacks the fields, and the caller falls back to prefix parsing.
+    """
+    if data is None:
+        return None
+    try:
+        parsed = _parse_json(data + b'"output":null}', partial=False)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict) or not _WANTED.issubset(parsed):
+        return None
+    del parsed["output"]
+    return parsed
+
+
 def parse_response_prefix(body: bytes, content_encoding: str | None = None) -> dict[str, Any] | None:
     """Read the fields bgwatch needs from a JSON body, parsing as little of it as possible.
 
@@ -234,6 +271,9 @@ def parse_response_prefix(body: bytes, content_encoding: str | None = None) -> d
     Content-Encoding we cannot decode.
     """
     decoded = _DecodedPrefix(body, content_encoding)
+    head = _fields_before_output(decoded.before(b'"output"', _PREFIX_STEPS[0]))
+    if head is not None:
+        return head
     for step in (*_PREFIX_STEPS, None):
         data, complete = decoded.get(step)
         if data.lstrip()[:1] != b"{":
@@ -261,6 +301,8 @@ def _str(value: Any, limit: int = 256) -> str | None:
 def _seconds(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
+    if isinstance(value, int) and not 0 <= value < 100_000_000_000:
+        return None  # checked before float(): a 400-digit integer (valid JSON) overflows it
     result = float(value)
     return result if 0 <= result < 1e11 else None  # a year-5138 timestamp is garbage
 
@@ -273,31 +315,33 @@ def observation_from_mapping(
     Returns None unless ``body`` is a Responses API response object with a string id.
     Fields of the wrong type are treated as absent, never trusted.
     """
-    if body.get("object") != "response":
+    get = body.get
+    if get("object") != "response":
         return None
-    response_id = body.get("id")
+    response_id = get("id")
     if not isinstance(response_id, str) or not response_id or len(response_id) > 256:
         return None
-    status = body.get("status")
-    error = body.get("error")
-    details = body.get("incomplete_details")
+    status = get("status")
+    error = get("error")
+    details = get("incomplete_details")
     code = message = reason = None
-    if isinstance(error, Mapping):
+    if error is not None and isinstance(error, Mapping):
         code = _str(error.get("code"))
         message = _str(error.get("message"), 4096)
-    if isinstance(details, Mapping):
+    if details is not None and isinstance(details, Mapping):
         reason = _str(details.get("reason"))
-    background = body.get("background")
+    background = get("background")
+    model = get("model")
     return Observation(
         call=call,
         response_id=response_id,
-        status=status if status in STATUSES else None,
+        status=_CANONICAL_STATUS.get(status) if isinstance(status, str) else None,
         error_code=code,
         error_message=message,
         incomplete_reason=reason,
-        model=_str(body.get("model")),
-        created_at=_seconds(body.get("created_at")),
-        completed_at=_seconds(body.get("completed_at")),
+        model=model[:256] if isinstance(model, str) else None,
+        created_at=_seconds(get("created_at")),
+        completed_at=_seconds(get("completed_at")),
         background=background if isinstance(background, bool) else None,
         request_id=request_id,
     )
