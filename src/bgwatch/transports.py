@@ -520,6 +520,22 @@ def _resolve_library(library: str | None) -> Library:
     return library  # type: ignore[return-value]
 
 
+def _build_client(asynchronous: bool, library: Library | None, hook: Hook, options: dict[str, Any]) -> Any:
+    """A client of the chosen library with openai's defaults, every transport wrapped."""
+    name = _resolve_library(library)
+    module = _require(httpx2 if name == "httpx2" else httpx, name)
+    if asynchronous:
+        transport_cls: Any = AsyncHttpx2Transport if module is httpx2 else AsyncHttpxTransport
+    else:
+        transport_cls = Httpx2Transport if module is httpx2 else HttpxTransport
+    options.setdefault("timeout", _default_timeout(module))
+    options.setdefault("limits", _default_limits(module))
+    options.setdefault("follow_redirects", True)
+    client = (module.AsyncClient if asynchronous else module.Client)(**options)
+    _wrap_client_transports(client, lambda inner: transport_cls(inner, hook=hook))
+    return client
+
+
 def _wrap_client_transports(client: Any, wrap: Any) -> None:
     """Wrap the client's default transport and its mounts (env proxies, ``mounts=``)."""
     if not hasattr(client, "_transport") or not hasattr(client, "_mounts"):  # pragma: no cover
@@ -554,15 +570,7 @@ def http_client(
         registry: Prometheus registry to count into (its process-wide watcher).
         library: ``"httpx2"`` or ``"httpx"`` instead of the SDK's choice.
     """
-    module = _require(httpx2 if _resolve_library(library) == "httpx2" else httpx, _resolve_library(library))
-    hook = _make_hook(None, watcher, raise_on, registry)
-    transport_cls = Httpx2Transport if module is httpx2 else HttpxTransport
-    client_options.setdefault("timeout", _default_timeout(module))
-    client_options.setdefault("limits", _default_limits(module))
-    client_options.setdefault("follow_redirects", True)
-    client = module.Client(**client_options)
-    _wrap_client_transports(client, lambda inner: transport_cls(inner, hook=hook))
-    return client
+    return _build_client(False, library, _make_hook(None, watcher, raise_on, registry), client_options)
 
 
 def async_http_client(
@@ -574,12 +582,4 @@ def async_http_client(
     **client_options: Any,
 ) -> Any:
     """An async HTTP client for ``AsyncOpenAI(http_client=...)``; see :func:`http_client`."""
-    module = _require(httpx2 if _resolve_library(library) == "httpx2" else httpx, _resolve_library(library))
-    hook = _make_hook(None, watcher, raise_on, registry)
-    transport_cls = AsyncHttpx2Transport if module is httpx2 else AsyncHttpxTransport
-    client_options.setdefault("timeout", _default_timeout(module))
-    client_options.setdefault("limits", _default_limits(module))
-    client_options.setdefault("follow_redirects", True)
-    client = module.AsyncClient(**client_options)
-    _wrap_client_transports(client, lambda inner: transport_cls(inner, hook=hook))
-    return client
+    return _build_client(True, library, _make_hook(None, watcher, raise_on, registry), client_options)
