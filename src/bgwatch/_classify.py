@@ -225,11 +225,24 @@ def _zstd_decompress(data: bytes) -> bytes:
 
 
 def _parse_json(data: bytes, *, partial: bool) -> Any:
+    """Parse with jiter; a complete document jiter refuses gets a second chance with json.
+
+    jiter rejects a few things json (and so the SDK) accepts, such as a lone surrogate escape
+    (``"\\ud800"``) or a byte order mark; a body the SDK can read must not go uncounted.
+    Raises only ValueError (json's RecursionError on deep nesting included).
+    """
     if _jiter is not None:
-        return _jiter.from_json(data, partial_mode=partial, cache_mode="keys")
-    if partial:  # pragma: no cover - without jiter we cannot parse a prefix
+        try:
+            return _jiter.from_json(data, partial_mode=partial, cache_mode="keys")
+        except ValueError:
+            if partial:
+                raise
+    elif partial:  # pragma: no cover - without jiter we cannot parse a prefix
         raise ValueError("partial parsing needs jiter")
-    return json.loads(data)  # pragma: no cover
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
 
 
 def _complete_keys(mapping: dict[str, Any], complete: bool) -> dict[str, Any]:
