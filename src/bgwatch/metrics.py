@@ -143,6 +143,9 @@ class PrometheusSink:
             ["stage"],
             registry=registry,
         )
+        # Label children of the per-call counters, looked up once (bounded label values).
+        self._polls: dict[str, Counter] = {}
+        self._created: dict[str, Counter] = {}
         self.webhook_rejections = Counter(
             "bgwatch_webhook_rejected",
             "Webhook deliveries refused (forged, stale, replayed, malformed, overloaded); never outcomes.",
@@ -190,13 +193,19 @@ class PrometheusSink:
     ) -> None:
         """Record one observation (labels already bounded by the watcher)."""
         if observation.call == "retrieve":
-            self.polls.labels(labels.status).inc()
+            poll = self._polls.get(labels.status)
+            if poll is None:  # a handful of statuses: prometheus_client's label lookup once each
+                poll = self._polls[labels.status] = self.polls.labels(labels.status)
+            poll.inc()
         if transition is None:
             return
         if transition.in_flight_delta:
             self.in_flight.inc(transition.in_flight_delta)
         if transition.new and observation.call == "create":
-            self.created.labels(labels.model).inc()
+            created = self._created.get(labels.model)
+            if created is None:  # model labels are capped, so is this
+                created = self._created[labels.model] = self.created.labels(labels.model)
+            created.inc()
         if not transition.finished:
             return
         self.finished.labels(labels.status, labels.model).inc()
