@@ -81,6 +81,21 @@ class ResponseLabels:
     """Set only for an ``incomplete`` response."""
 
 
+# One help text per metric, shared by both sinks so the two exports never drift apart.
+_HELP: Final[dict[str, str]] = {
+    "bg_response_failed": "Background responses that ended failed, by error.code (once per response id).",
+    "bg_response_incomplete": "Background responses that ended incomplete, by incomplete_details.reason.",
+    "bg_response_finished": "Background responses that reached a terminal status (once per response id).",
+    "bg_response_created": "Background responses created through an instrumented client.",
+    "bg_response_polls": "Retrieve calls that returned a response, by the status the poll saw.",
+    "bg_response_duration": "Seconds from created_at to the terminal state of a background response.",
+    "bg_response_in_flight": "Background responses seen but not yet seen in a terminal state.",
+    "bgwatch_internal_errors": "Errors inside bgwatch, caught so that the user's call went through untouched.",
+    "bgwatch_webhook_rejected": (
+        "Webhook deliveries refused (forged, stale, replayed, malformed, overloaded); never outcomes."
+    ),
+}
+
 _sinks: weakref.WeakKeyDictionary[CollectorRegistry, PrometheusSink] = weakref.WeakKeyDictionary()
 _sinks_lock = threading.Lock()
 
@@ -96,68 +111,66 @@ class PrometheusSink:
         self.registry = registry
         self.failed = Counter(
             "bg_response_failed",
-            "Background responses that ended failed, by error.code (once per response id).",
+            _HELP["bg_response_failed"],
             ["code", "model"],
             registry=registry,
         )
         self.incomplete = Counter(
             "bg_response_incomplete",
-            "Background responses that ended incomplete, by incomplete_details.reason.",
+            _HELP["bg_response_incomplete"],
             ["reason", "model"],
             registry=registry,
         )
         self.finished = Counter(
             "bg_response_finished",
-            "Background responses that reached a terminal status (once per response id).",
+            _HELP["bg_response_finished"],
             ["status", "model"],
             registry=registry,
         )
         self.created = Counter(
             "bg_response_created",
-            "Background responses created through an instrumented client.",
+            _HELP["bg_response_created"],
             ["model"],
             registry=registry,
         )
         self.polls = Counter(
             "bg_response_polls",
-            "Retrieve calls that returned a response, by the status the poll saw.",
+            _HELP["bg_response_polls"],
             ["status"],
             registry=registry,
         )
         self.duration = Histogram(
             "bg_response_duration_seconds",
-            "Seconds from created_at to the terminal state of a background response.",
+            _HELP["bg_response_duration"],
             ["status", "model"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
         self.in_flight = Gauge(
             "bg_response_in_flight",
-            "Background responses seen but not yet seen in a terminal state.",
+            _HELP["bg_response_in_flight"],
             registry=registry,
             multiprocess_mode="livesum",
         )
         self.internal_errors = Counter(
             "bgwatch_internal_errors",
-            "Errors inside bgwatch, caught so that the user's call went through untouched.",
+            _HELP["bgwatch_internal_errors"],
             ["stage"],
             registry=registry,
         )
-        # Label children of the per-call counters, looked up once (bounded label values).
-        self._polls: dict[str, Counter] = {}
+        # Label children of the per-call counters, looked up once (bounded label values). The
+        # poll statuses exist from the start at 0, so that rate() and increase() see the first
+        # increment (a series born at 1 looks like it never moved).
+        self._polls: dict[str, Counter] = {status: self.polls.labels(status) for status in STATUSES}
         self._created: dict[str, Counter] = {}
         self.webhook_rejections = Counter(
             "bgwatch_webhook_rejected",
-            "Webhook deliveries refused (forged, stale, replayed, malformed, overloaded); never outcomes.",
+            _HELP["bgwatch_webhook_rejected"],
             ["reason"],
             registry=registry,
         )
-        # Series that exist from the start at 0, so that rate() and increase() see the first
-        # increment (a series born at 1 looks like it never moved).
-        for stage in INTERNAL_ERROR_STAGES:
+        for stage in INTERNAL_ERROR_STAGES:  # at 0 from the start too
             self.internal_errors.labels(stage)
-        for status in STATUSES:
-            self.polls.labels(status)
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry | None = None) -> PrometheusSink:
@@ -194,7 +207,7 @@ class PrometheusSink:
         """Record one observation (labels already bounded by the watcher)."""
         if observation.call == "retrieve":
             poll = self._polls.get(labels.status)
-            if poll is None:  # a handful of statuses: prometheus_client's label lookup once each
+            if poll is None:  # only "unknown" gets here: a status outside the known six
                 poll = self._polls[labels.status] = self.polls.labels(labels.status)
             poll.inc()
         if transition is None:
@@ -249,48 +262,48 @@ class OTelMetricsSink:
         self.failed = meter.create_counter(
             "bg_response_failed",
             unit="{response}",
-            description="Background responses that ended failed, by error.code (once per response id).",
+            description=_HELP["bg_response_failed"],
         )
         self.incomplete = meter.create_counter(
             "bg_response_incomplete",
             unit="{response}",
-            description="Background responses that ended incomplete, by incomplete_details.reason.",
+            description=_HELP["bg_response_incomplete"],
         )
         self.finished = meter.create_counter(
             "bg_response_finished",
             unit="{response}",
-            description="Background responses that reached a terminal status (once per response id).",
+            description=_HELP["bg_response_finished"],
         )
         self.created = meter.create_counter(
             "bg_response_created",
             unit="{response}",
-            description="Background responses created through an instrumented client.",
+            description=_HELP["bg_response_created"],
         )
         self.polls = meter.create_counter(
             "bg_response_polls",
             unit="{poll}",
-            description="Retrieve calls that returned a response, by the status the poll saw.",
+            description=_HELP["bg_response_polls"],
         )
         self.duration = meter.create_histogram(
             "bg_response_duration",
             unit="s",
-            description="Seconds from created_at to the terminal state of a background response.",
+            description=_HELP["bg_response_duration"],
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
         self.in_flight = meter.create_up_down_counter(
             "bg_response_in_flight",
             unit="{response}",
-            description="Background responses seen but not yet seen in a terminal state.",
+            description=_HELP["bg_response_in_flight"],
         )
         self.internal_errors = meter.create_counter(
             "bgwatch_internal_errors",
             unit="{error}",
-            description="Errors inside bgwatch, caught so that the user's call went through untouched.",
+            description=_HELP["bgwatch_internal_errors"],
         )
         self.webhook_rejections = meter.create_counter(
             "bgwatch_webhook_rejected",
             unit="{delivery}",
-            description="Webhook deliveries refused (forged, stale, replayed, malformed, overloaded); never outcomes.",
+            description=_HELP["bgwatch_webhook_rejected"],
         )
         # The same zero-valued series as the Prometheus sink, so both paths expose one shape.
         for stage in INTERNAL_ERROR_STAGES:
