@@ -78,6 +78,10 @@ class Observation:
     completed_at: float | None = None
     background: bool | None = None
     request_id: str | None = None
+    # Read from terminal bodies only (``usage`` comes after ``output``): what a finished response cost.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    service_tier: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -285,8 +289,8 @@ def parse_response_prefix(body: bytes, content_encoding: str | None = None) -> d
     """
     decoded = _DecodedPrefix(body, content_encoding)
     head = _fields_before_output(decoded.before(b'"output"', _PREFIX_STEPS[0]))
-    if head is not None:
-        return head
+    if head is not None and head.get("status") not in TERMINAL_STATUSES:
+        return head  # a terminal body is read whole: its ``usage`` comes after ``output``
     for step in (*_PREFIX_STEPS, None):
         data, complete = decoded.get(step)
         if data.lstrip()[:1] != b"{":
@@ -320,6 +324,12 @@ def _seconds(value: Any) -> float | None:
     return result if 0 <= result < 1e11 else None  # a year-5138 timestamp is garbage
 
 
+def _tokens(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10**15:
+        return None
+    return value
+
+
 def observation_from_mapping(
     call: CallKind, body: Mapping[str, Any], request_id: str | None = None
 ) -> Observation | None:
@@ -345,6 +355,11 @@ def observation_from_mapping(
         reason = _str(details.get("reason"))
     background = get("background")
     model = get("model")
+    usage = get("usage")
+    input_tokens = output_tokens = None
+    if isinstance(usage, Mapping):
+        input_tokens = _tokens(usage.get("input_tokens"))
+        output_tokens = _tokens(usage.get("output_tokens"))
     return Observation(
         call=call,
         response_id=response_id,
@@ -357,6 +372,9 @@ def observation_from_mapping(
         completed_at=_seconds(get("completed_at")),
         background=background if isinstance(background, bool) else None,
         request_id=request_id,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        service_tier=_str(get("service_tier"), 64),
     )
 
 
