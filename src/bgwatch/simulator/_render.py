@@ -227,10 +227,10 @@ class Renderer:
         return {
             "id": rec.id,
             "object": "response",
-            "created_at": round(rec.created_at, 3),
+            "created_at": int(rec.created_at),
             "status": status,
             "background": rec.background,
-            "completed_at": round(rec.finished_wall(), 3) if terminal else None,
+            "completed_at": int(rec.finished_wall()) if terminal else None,
             "error": (
                 {"code": rec.code, "message": _failure_message(rec.code or "server_error")}
                 if status == "failed"
