@@ -9,9 +9,11 @@ VENV2 ?= .venv-openai2
 OPENAI2 ?= openai==2.54.0
 BIN := $(VENV)/bin
 BIN2 := $(VENV2)/bin
+VENVF ?= .venv-frameworks
+BINF := $(VENVF)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest pytest-openai2 prometheus bench dashboards clean
+.PHONY: demo test lint typecheck pytest pytest-openai2 pytest-frameworks prometheus bench dashboards clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,13 @@ $(BIN2)/.installed: pyproject.toml
 	$(BIN2)/python -m pip install -q --upgrade pip
 	$(BIN2)/python -m pip install -q -e '.[dev]' '$(OPENAI2)'
 	$(BIN2)/python -m pip uninstall -q -y httpx2
+	touch $@
+
+# LangChain, the OpenAI Agents SDK and LiteLLM pin their own openai: a venv of their own.
+$(BINF)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENVF)
+	$(BINF)/python -m pip install -q --upgrade pip
+	$(BINF)/python -m pip install -q -e '.[frameworks]'
 	touch $@
 
 demo: $(BIN)/.installed
@@ -44,12 +53,15 @@ typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
 pytest: $(BIN)/.installed prometheus
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not frameworks" $(PYTEST_ARGS)
 
 pytest-openai2: $(BIN2)/.installed
-	$(BIN2)/pytest -m "not prometheus" $(PYTEST_ARGS)
+	$(BIN2)/pytest -m "not prometheus and not frameworks" $(PYTEST_ARGS)
 
-test: lint typecheck pytest pytest-openai2
+pytest-frameworks: $(BINF)/.installed
+	$(BINF)/pytest -m frameworks tests/test_frameworks.py $(PYTEST_ARGS)
+
+test: lint typecheck pytest pytest-openai2 pytest-frameworks
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run.py
@@ -58,4 +70,4 @@ dashboards: $(BIN)/.installed
 	$(BIN)/python scripts/generate_dashboards.py
 
 clean:
-	rm -rf $(VENV) $(VENV2) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV2) $(VENVF) .pytest_cache .mypy_cache .ruff_cache
