@@ -8,7 +8,6 @@ HTTP library (:mod:`bgwatch.transports`, :mod:`bgwatch._streams`).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,12 +16,12 @@ import openai
 from ._classify import (
     CallKind,
     Observation,
-    classify_body,
     classify_request,
-    decode_body,
+    decode_content,
     is_event_stream,
-    is_json_content_type,
+    observation_from_json,
 )
+from ._sdk import version_tuple
 from ._watcher import Watcher, default_watcher
 from .errors import BackgroundResponseError, ConfigurationError, exception_for, validate_raise_on
 from .tracing import NOOP_CALL_SPAN, CallSpan
@@ -34,11 +33,6 @@ __all__ = ["RAISE_MODE_MIN_OPENAI", "Hook", "raise_mode_supported"]
 RAISE_MODE_MIN_OPENAI = (2, 31, 0)
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = re.findall(r"\d+", version.split("+", 1)[0])[:3]
-    return tuple(int(p) for p in parts)
-
-
 def raise_mode_supported(openai_version: str | None = None) -> bool:
     """Whether this openai release propagates an exception raised in the transport unchanged.
 
@@ -46,7 +40,7 @@ def raise_mode_supported(openai_version: str | None = None) -> bool:
     ``APIConnectionError``: raising there would re-send ``POST /responses``.
     """
     version = openai.__version__ if openai_version is None else openai_version
-    return _version_tuple(version) >= RAISE_MODE_MIN_OPENAI
+    return version_tuple(version) >= RAISE_MODE_MIN_OPENAI
 
 
 class Hook:
@@ -78,8 +72,13 @@ class Hook:
             return None
 
     def wants_body(self, status_code: int, content_type: str | None) -> bool:
-        """Whether a selected call's body is a JSON answer worth reading."""
-        return 200 <= status_code < 300 and is_json_content_type(content_type)
+        """Whether a selected call's body is one the SDK parses as JSON: any 2xx non-stream answer.
+
+        The SDK parses a Response's JSON whatever the Content-Type says (``text/plain``,
+        none, ``text/json``), so the content type does not decide; only an event stream is
+        read as events instead.
+        """
+        return 200 <= status_code < 300 and not is_event_stream(content_type)
 
     def wants_stream(self, status_code: int, content_type: str | None) -> bool:
         """Whether a selected call answered with an event stream (observed, never buffered)."""
@@ -104,26 +103,45 @@ class Hook:
         body: bytes,
         span: CallSpan = NOOP_CALL_SPAN,
     ) -> BackgroundResponseError | None:
-        """Record what a complete body says; return the exception to raise, if any.
+        """Record what a complete (still encoded) body says; return the exception to raise, if any.
 
-        Never raises. Errors inside bgwatch are counted and the body passes untouched.
-        ``span`` (the call's span) gets the response's id, model and status.
+        The body is decoded and parsed as the SDK would (see :mod:`bgwatch._classify`).
+        The transports call :meth:`observe_json` with the parse they share with the SDK instead.
+        Never raises.
+        """
+        if not 200 <= status_code < 300:
+            return None
+        try:
+            content_encoding, request_id = encoding_and_request_id(headers)
+            if content_encoding:
+                body = decode_content(body, [("content-encoding", content_encoding)])
+            data = json.loads(body)
+        except Exception:  # the SDK's Response.json() fails alike: it returns no Response
+            return None
+        return self.observe_json(call, data, request_id, span)
+
+    def observe_json(
+        self, call: CallKind, data: Any, request_id: str | None, span: CallSpan = NOOP_CALL_SPAN
+    ) -> BackgroundResponseError | None:
+        """Record what a parsed 2xx body says (``data``: what the SDK's ``Response.json()`` returns).
+
+        Returns the exception to raise, if any. Never raises.
         """
         try:
-            content_encoding, request_id = _encoding_and_request_id(headers)
-            observation = classify_body(
-                call, status_code, body, content_encoding=content_encoding, request_id=request_id
-            )
+            observation = observation_from_json(call, data, request_id)
         except Exception as exc:
             self.watcher.internal_error("classify", exc)
             return None
+        return self._observed(observation, span, data)
+
+    def _observed(self, observation: Observation | None, span: CallSpan, data: Any) -> BackgroundResponseError | None:
         if observation is None:
             return None
         span.observed(observation)
         self.watcher.record(observation)
         if not self.raise_on:
             return None
-        return self.exception_for(observation, lambda: _full_body(body, headers))
+        return self.exception_for(observation, data)
 
     def record(self, observation: Observation, span: CallSpan = NOOP_CALL_SPAN) -> None:
         """Record what a call saw outside the adapter's own frame (a stream event). Never raises.
@@ -158,7 +176,7 @@ class Hook:
             return None
 
 
-def _encoding_and_request_id(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+def encoding_and_request_id(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
     """``Content-Encoding`` and (the first) ``x-request-id``, in one pass over the raw headers.
 
     ``Headers.get`` scans and decodes every header once per name and raises internally for a
@@ -177,7 +195,3 @@ def _encoding_and_request_id(headers: Mapping[str, str]) -> tuple[str | None, st
         elif size == 12 and request_id is None and key.lower() == b"x-request-id":
             request_id = value.decode("latin-1")
     return encoding, request_id
-
-
-def _full_body(body: bytes, headers: Mapping[str, str]) -> Any:
-    return json.loads(decode_body(body, headers.get("content-encoding")))

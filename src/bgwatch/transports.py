@@ -5,16 +5,25 @@ look at, and the classifier and watcher do the rest. A body we inspect is read o
 handed back to the client as a fresh response over the very same bytes and headers, so
 ``elapsed``, ``request_id``, ``with_raw_response`` and ``with_streaming_response`` behave as
 without bgwatch. Server-Sent Events are never buffered.
+
+Exact by construction, at no extra cost: the SDK reads a body with its HTTP library's
+``Response.json()``, i.e. ``json.loads`` over the content the library decoded. The adapter
+does exactly that once (the library's own decoders, the same ``json.loads``), records what it
+says, and the fresh response hands that very parse (and decoded content) to the SDK when it
+asks, so the body is parsed once per call, as without bgwatch, in whatever key order.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import openai
 
-from ._hook import RAISE_MODE_MIN_OPENAI, Hook, _version_tuple, raise_mode_supported
+from ._classify import CallKind
+from ._hook import RAISE_MODE_MIN_OPENAI, Hook, encoding_and_request_id, raise_mode_supported
+from ._sdk import Library, sdk_library
 from ._streams import observe_stream
 from ._watcher import Watcher, default_watcher
 from .errors import ConfigurationError
@@ -46,12 +55,79 @@ __all__ = [
     "sdk_library",
 ]
 
-Library = Literal["httpx2", "httpx"]
+_UNSET: Any = object()
+_SHARED_CLASSES: dict[type[Any], type[Any]] = {}
 
 
-def sdk_library() -> Library:
-    """The HTTP library the installed openai SDK builds its clients with."""
-    return "httpx2" if _version_tuple(openai.__version__) >= (3,) else "httpx"
+def _shared_response_class(base: type[Any]) -> type[Any]:
+    """A subclass of the library's ``Response`` that hands the SDK the adapter's parse.
+
+    ``json()`` without arguments returns, once, the object the adapter got from the same
+    ``json.loads`` over the same content (later calls parse again, as usual); ``read()`` and
+    ``aread()`` take the content the adapter already decoded with the library's own decoders,
+    after draining the raw stream so that the client's bookkeeping (``elapsed``, closing) runs
+    as always. Anything else is the library's own code.
+    """
+    cls = _SHARED_CLASSES.get(base)
+    if cls is not None:
+        return cls
+
+    class SharedParseResponse(base):  # type: ignore[misc]
+        def json(self, **kwargs: Any) -> Any:
+            data = self.__dict__.pop("_bgwatch_json", _UNSET)
+            if data is _UNSET or kwargs or not hasattr(self, "_content"):
+                return super().json(**kwargs)
+            return data
+
+        def read(self) -> bytes:
+            content = self.__dict__.pop("_bgwatch_content", None)
+            if content is not None and not hasattr(self, "_content"):
+                for _ in self.iter_raw():
+                    pass
+                self._content = content
+            return super().read()  # type: ignore[no-any-return]
+
+        async def aread(self) -> bytes:
+            content = self.__dict__.pop("_bgwatch_content", None)
+            if content is not None and not hasattr(self, "_content"):
+                async for _ in self.aiter_raw():
+                    pass
+                self._content = content
+            return await super().aread()  # type: ignore[no-any-return]
+
+    SharedParseResponse.__name__ = SharedParseResponse.__qualname__ = base.__name__
+    SharedParseResponse.__module__ = base.__module__
+    _SHARED_CLASSES[base] = SharedParseResponse
+    return SharedParseResponse
+
+
+def _answer(hook: Hook, call: CallKind, module: Any, *, request: Any, response: Any, raw: bytes, span: Any) -> Any:
+    """The fresh response over ``raw`` for the SDK, and the exception to raise (or None).
+
+    Parses exactly as the SDK would (the library's decoders, ``json.loads``); what fails to
+    decode or parse is left to the SDK, which fails alike, and is not recorded.
+    """
+    headers = response.headers
+    fresh = _shared_response_class(module.Response)(
+        status_code=response.status_code,
+        stream=module.ByteStream(raw),
+        extensions=response.extensions,
+        request=request,
+    )
+    fresh.headers = headers  # the same object: no copy, its decoding cached
+    try:
+        encoding, request_id = encoding_and_request_id(headers)
+        content = raw
+        if encoding is not None:
+            probe = module.Response(response.status_code, stream=module.ByteStream(raw))
+            probe.headers = headers
+            content = probe.read()
+            fresh._bgwatch_content = content
+        data = json.loads(content)
+    except Exception:  # the SDK's Response.json() fails alike and returns no Response
+        return fresh, None
+    fresh._bgwatch_json = data
+    return fresh, hook.observe_json(call, data, request_id, span)
 
 
 def _make_hook(
@@ -137,14 +213,9 @@ class _SyncAdapter:
                     body = b"".join(response.stream)
                 finally:
                     response.close()
-                fresh = self._module.Response(
-                    status_code=response.status_code,
-                    stream=self._module.ByteStream(body),
-                    extensions=response.extensions,
-                    request=request,
+                fresh, error = _answer(
+                    hook, call, self._module, request=request, response=response, raw=body, span=span
                 )
-                fresh.headers = response.headers  # the same object: no copy, its decoding cached
-                error = hook.inspect(call, response.status_code, response.headers, body, span)
         except BaseException as exc:
             span.failed(exc)
             span.end()
@@ -204,14 +275,9 @@ class _AsyncAdapter:
                     body = b"".join([chunk async for chunk in response.stream])
                 finally:
                     await response.aclose()
-                fresh = self._module.Response(
-                    status_code=response.status_code,
-                    stream=self._module.ByteStream(body),
-                    extensions=response.extensions,
-                    request=request,
+                fresh, error = _answer(
+                    hook, call, self._module, request=request, response=response, raw=body, span=span
                 )
-                fresh.headers = response.headers  # the same object: no copy, its decoding cached
-                error = hook.inspect(call, response.status_code, response.headers, body, span)
         except BaseException as exc:
             span.failed(exc)
             span.end()
