@@ -576,12 +576,14 @@ def failed_body(response_id: str, size: int = 0) -> dict[str, Any]:
 @pytest.mark.parametrize("library", LIBRARIES)
 def test_regression_field_order_sdk_dump(library: str) -> None:
     """Class 1: status, error, id, object, model after a large output (the SDK's own dump order)."""
-    for n, order in enumerate(["sdk", "sorted"]):
-        body = failed_body(f"resp_order{n}", 100_000)
+    shapes = [("sdk", 0), ("sdk", 200_000), ("sorted", 0), ("sorted", 200_000)]  # tool schemas push status back
+    for n, (order, output_size) in enumerate(shapes):
+        body = failed_body(f"resp_order{n}", output_size)
         body["tools"] = [{"type": "function", "name": "f", "description": "d" * 20_000, "parameters": {}}]
+        body["prompt"] = {"id": "pmpt_1", "variables": {"context": "c" * 20_000}}  # sorts between output and status
         keys = sorted(body, key=lambda k: SDK_ORDER.get(k, 99)) if order == "sdk" else sorted(body)
         raw = json.dumps({k: body[k] for k in keys}).encode()
-        assert raw.index(b'"status": "failed"') > raw.index(b'"output"') and raw.index(b'"status": "failed"') > 100_000
+        assert raw.index(b'"status": "failed"') > raw.index(b'"output"') and raw.index(b'"status": "failed"') > 8 * 1024
         answer = Served(200, [("content-type", "application/json")], raw)
         client, registry = served_client(library, answer)
         assert client.responses.retrieve(f"resp_order{n}").status == "failed"
@@ -639,7 +641,7 @@ def test_regression_six_stacked_gzips_are_not_decoded() -> None:
     for _ in range(5):
         layer = gzip.compress(layer, 9)
     assert len(layer) < 64 * 1024
-    answer = Served(200, [("content-encoding", ", ".join(["gzip"] * 6))], layer)
+    answer = Served(200, [("content-type", "application/json"), ("content-encoding", ", ".join(["gzip"] * 6))], layer)
     client, registry = served_client("httpx2", answer, raise_on=("failed",))
     tracemalloc.start()
     try:
@@ -665,17 +667,24 @@ def test_regression_bom_utf16_utf32(library: str, encoding: str) -> None:
 @pytest.mark.parametrize("library", LIBRARIES)
 def test_regression_duplicate_keys_straddling_output(library: str) -> None:
     """Class 7: the last of duplicate keys wins, also across ``"output"``."""
-    head = '{"id": "resp_dup", "object": "response", "status": "failed", "background": true,'
-    error = '"error": {"code": "server_error", "message": "m"}, "model": "gpt-4.1",'
+    fields = (
+        '"id": "resp_dup", "object": "response", "created_at": 1760000000, "completed_at": null,'
+        ' "background": true, "incomplete_details": null, "model": "gpt-4.1",'
+    )
+    failure = '"error": {"code": "server_error", "message": "m"}'
+    padding = '{"padding": "' + "p" * 100_000 + '"}'
     cases = {
-        head + error + '"output": [], "status": "completed", "error": null}': ("completed", 0),
-        '{"id": "resp_dup", "object": "response", "status": "completed", "background": true, "model": "gpt-4.1",'
-        '"output": [{"status": "completed"}], "error": {"code": "server_error", "message": "m"},'
-        ' "status": "failed"}': ("failed", 1),
-        head + error + '"output": [' + '{"padding": "' + "p" * 100_000 + '"}], "status": "completed"}': (
+        # every field bgwatch reads before "output", then the status the SDK keeps after it
+        "{" + fields + '"status": "in_progress", "error": null, "output": [], "status": "failed",' + failure + "}": (
+            "failed",
+            1,
+        ),
+        "{" + fields + '"status": "failed",' + failure + ', "output": [' + padding + '], "status": "completed"}': (
             "completed",
             0,
         ),
+        "{" + fields + '"status": "completed", "error": null, "output": [{"status": "completed"}],'
+        ' "status": "failed", ' + failure + "}": ("failed", 1),
     }
     for text, (status, failures) in cases.items():
         client, registry = served_client(library, Served(200, [("content-type", "application/json")], text.encode()))
