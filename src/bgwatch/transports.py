@@ -108,15 +108,22 @@ def _answer(hook: Hook, call: CallKind, module: Any, *, request: Any, response: 
     decode or parse is left to the SDK, which fails alike, and is not recorded.
     """
     headers = response.headers
-    fresh = _shared_response_class(module.Response)(
+    try:
+        response_class = _shared_response_class(module.Response)
+        encoding, request_id = encoding_and_request_id(headers)
+    except Exception as exc:  # a bug of ours: counted, and the SDK gets the plain answer
+        hook.watcher.internal_error("classify", exc)
+        response_class, encoding, request_id = module.Response, None, None
+    fresh = response_class(
         status_code=response.status_code,
         stream=module.ByteStream(raw),
         extensions=response.extensions,
         request=request,
     )
     fresh.headers = headers  # the same object: no copy, its decoding cached
+    if response_class is module.Response:
+        return fresh, None
     try:
-        encoding, request_id = encoding_and_request_id(headers)
         content = raw
         if encoding is not None:
             probe = module.Response(response.status_code, stream=module.ByteStream(raw))
@@ -124,7 +131,7 @@ def _answer(hook: Hook, call: CallKind, module: Any, *, request: Any, response: 
             content = probe.read()
             fresh._bgwatch_content = content
         data = json.loads(content)
-    except Exception:  # the SDK's Response.json() fails alike and returns no Response
+    except Exception:  # the SDK's decoding or Response.json() fails alike: it returns no Response
         return fresh, None
     fresh._bgwatch_json = data
     return fresh, hook.observe_json(call, data, request_id, span)
