@@ -107,6 +107,9 @@ def is_event_stream(content_type: str | None) -> bool:
 def _parse_json(data: bytes, *, partial: bool) -> Any:
     """Parse with jiter; a complete document jiter refuses gets a second chance with json.
 
+    For stream events and request bodies (partial parsing); a non-streamed answer is parsed
+    with ``json.loads`` itself, as the SDK parses it.
+
     jiter rejects a few things json (and so the SDK) accepts, such as a lone surrogate escape
     (``"\\ud800"``) or a byte order mark; a body the SDK can read must not go uncounted.
     Raises only ValueError (json's RecursionError on deep nesting included).
