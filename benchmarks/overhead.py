@@ -11,8 +11,14 @@ same server class with the same bytes; only the layer under test differs:
 * ``bare``: ``Client(transport=server)``, the baseline of every ratio;
 * ``bgwatch``: ``Client(transport=bgwatch.Httpx2Transport(server, watcher=...))``, metrics
   into a private Prometheus registry (the default configuration, tracing off);
+* ``floor``: a do-nothing wrapper transport (what any wrapper at all costs);
+* ``rewrap``: a wrapper that reads the body and hands back a fresh response over it,
+  parsing nothing (the least a body-reading wrapper can do);
 * ``naive``: a wrapper that reads the body and ``json.loads`` all of it (what a
   straightforward implementation does; its cost grows with the body);
+
+Bodies come in three key orders (``api``: the live API's; ``sdk``: the SDK's own
+``Response.model_dump_json()``, as Python gateways forward them; ``sorted``).
 * peers (section "peers"): bgwatch with spans, OpenTelemetry's httpx instrumentation,
   OpenInference's OpenAI instrumentation, all exporting into one SDK tracer provider
   whose span processor discards spans (so we time making spans, not shipping them).
@@ -146,6 +152,25 @@ def encode(document: Any) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
+ORDERS = ("api", "sdk", "sorted")
+"""Key orders of a body: the live API's; the SDK's own ``Response.model_dump_json()`` (what
+Python gateways forward: ``status``, ``background`` and ``usage`` after ``output`` and
+``tools``); sorted keys (sorted-key serializers)."""
+
+
+def encode_in_order(document: dict[str, Any], order: str) -> bytes:
+    """``document`` serialized in one of :data:`ORDERS`."""
+    if order == "api":
+        return encode(document)
+    if order == "sorted":
+        return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    from openai.types.responses import Response
+
+    # The model's field order is the order of its model_dump_json(); keys it does not know last.
+    rank = {name: i for i, name in enumerate(Response.model_fields)}
+    return encode(dict(sorted(document.items(), key=lambda item: rank.get(item[0], len(rank)))))
+
+
 def embedding_body() -> bytes:
     """A small embeddings answer (one 256-dim vector, base64 as the SDK requests by default)."""
     import base64
@@ -222,6 +247,45 @@ def server(module: Any, answer: Callable[[], bytes], *, asynchronous: bool = Fal
     return Server()
 
 
+def fresh_response(module: Any, request: Any, response: Any, body: bytes) -> Any:
+    """A new response over ``body`` with the headers (the same object) of ``response``."""
+    fresh = module.Response(
+        status_code=response.status_code,
+        stream=module.ByteStream(body),
+        extensions=response.extensions,
+        request=request,
+    )
+    fresh.headers = response.headers
+    return fresh
+
+
+def reading_wrapper(module: Any, inner: Any, look: Callable[[Any, Any, bytes], Any], *, asynchronous: bool) -> Any:
+    """A wrapper that reads every Responses body and answers ``look(request, response, body)``."""
+    if asynchronous:
+
+        class AsyncReading(module.AsyncBaseTransport):  # type: ignore[misc,name-defined]
+            async def handle_async_request(self, request: Any) -> Any:
+                response = await inner.handle_async_request(request)
+                if "/responses" not in request.url.path:
+                    return response
+                body = b"".join([chunk async for chunk in response.stream])
+                await response.aclose()
+                return look(request, response, body)
+
+        return AsyncReading()
+
+    class Reading(module.BaseTransport):  # type: ignore[misc,name-defined]
+        def handle_request(self, request: Any) -> Any:
+            response = inner.handle_request(request)
+            if "/responses" not in request.url.path:
+                return response
+            body = b"".join(response.stream)
+            response.close()
+            return look(request, response, body)
+
+    return Reading()
+
+
 def naive_wrapper(module: Any, inner: Any, *, asynchronous: bool = False) -> Any:
     """The straightforward hook: read every Responses body and ``json.loads`` all of it."""
     seen: dict[str, int] = {}
@@ -231,37 +295,35 @@ def naive_wrapper(module: Any, inner: Any, *, asynchronous: bool = False) -> Any
         if isinstance(data, dict) and data.get("object") == "response":
             status = str(data.get("status"))
             seen[status] = seen.get(status, 0) + 1
-        return module.Response(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=module.ByteStream(body),
-            extensions=response.extensions,
-            request=request,
-        )
+        return fresh_response(module, request, response, body)
 
+    return reading_wrapper(module, inner, look, asynchronous=asynchronous)
+
+
+def floor_wrapper(module: Any, inner: Any, *, asynchronous: bool = False) -> Any:
+    """A do-nothing wrapper transport: the cost of any wrapper at all (the floor)."""
     if asynchronous:
 
-        class AsyncNaive(module.AsyncBaseTransport):  # type: ignore[misc,name-defined]
+        class AsyncFloor(module.AsyncBaseTransport):  # type: ignore[misc,name-defined]
             async def handle_async_request(self, request: Any) -> Any:
-                response = await inner.handle_async_request(request)
-                if "/responses" not in request.url.path:
-                    return response
-                body = b"".join([chunk async for chunk in response.stream])
-                await response.aclose()
-                return look(request, response, body)
+                return await inner.handle_async_request(request)
 
-        return AsyncNaive()
+        return AsyncFloor()
 
-    class Naive(module.BaseTransport):  # type: ignore[misc,name-defined]
+    class Floor(module.BaseTransport):  # type: ignore[misc,name-defined]
         def handle_request(self, request: Any) -> Any:
-            response = inner.handle_request(request)
-            if "/responses" not in request.url.path:
-                return response
-            body = b"".join(response.stream)
-            response.close()
-            return look(request, response, body)
+            return inner.handle_request(request)
 
-    return Naive()
+    return Floor()
+
+
+def rewrap_wrapper(module: Any, inner: Any, *, asynchronous: bool = False) -> Any:
+    """Reads every Responses body and hands back a fresh response over it, parsing nothing."""
+
+    def rewrap(request: Any, response: Any, body: bytes) -> Any:
+        return fresh_response(module, request, response, body)
+
+    return reading_wrapper(module, inner, rewrap, asynchronous=asynchronous)
 
 
 # -- clients --------------------------------------------------------------------------
@@ -292,13 +354,17 @@ def bgwatch_transport(module: Any, inner: Any, watcher: bgwatch.Watcher, asynchr
 def build_client(
     library: str, layer: str, answer: Callable[[], bytes], *, asynchronous: bool, watcher: bgwatch.Watcher | None = None
 ) -> Any:
-    """An SDK client whose HTTP stack is ``layer`` (bare, bgwatch, naive) over the server."""
+    """An SDK client whose HTTP stack is ``layer`` (bare, bgwatch, naive, floor, rewrap) over the server."""
     module = _module(library)
     transport = server(module, answer, asynchronous=asynchronous)
     if layer == "bgwatch":
         transport = bgwatch_transport(module, transport, watcher or fresh_watcher(), asynchronous)
     elif layer == "naive":
         transport = naive_wrapper(module, transport, asynchronous=asynchronous)
+    elif layer == "floor":
+        transport = floor_wrapper(module, transport, asynchronous=asynchronous)
+    elif layer == "rewrap":
+        transport = rewrap_wrapper(module, transport, asynchronous=asynchronous)
     elif layer != "bare":
         raise ValueError(layer)
     http = (module.AsyncClient if asynchronous else module.Client)(transport=transport)
@@ -551,17 +617,18 @@ def bench_responses(settings: Settings, library: str, aio: AsyncRunner) -> None:
     section = f"responses ({library})"
     print(f"\n== {section}: ratio = time with / time without, median over rounds [lowest..highest block median]")
     targets = {"bgwatch": TARGET_RESPONSES}
-    for label, size in SIZES.items():
-        body = encode(response_document(RESPONSE_ID, "completed", size))
-        for asynchronous in (False, True):
-            variants = []
-            for layer in ("bare", "bgwatch", "naive"):
-                client = build_client(library, layer, lambda body=body: body, asynchronous=asynchronous)
-                call = lambda client=client: client.responses.retrieve(RESPONSE_ID)  # noqa: E731
-                run = aio.runner(call) if asynchronous else sync_runner(call)
-                variants.append(Variant(layer, run))
-            mode = "async" if asynchronous else "sync"
-            compare(settings, section, f"retrieve {label} {mode}", variants, targets=targets)
+    for order in ORDERS:
+        for label, size in SIZES.items():
+            body = encode_in_order(response_document(RESPONSE_ID, "completed", size), order)
+            for asynchronous in (False, True) if order != "sorted" else (False,):
+                variants = []
+                for layer in ("bare", "bgwatch", "floor", "rewrap", "naive"):
+                    client = build_client(library, layer, lambda body=body: body, asynchronous=asynchronous)
+                    call = lambda client=client: client.responses.retrieve(RESPONSE_ID)  # noqa: E731
+                    run = aio.runner(call) if asynchronous else sync_runner(call)
+                    variants.append(Variant(layer, run))
+                mode = "async" if asynchronous else "sync"
+                compare(settings, section, f"retrieve {label} {order} order {mode}", variants, targets=targets)
     for asynchronous in (False, True):
         variants = []
         for layer in ("bare", "bgwatch"):

@@ -215,3 +215,16 @@ def no_env_proxies(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for key in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(key, raising=False)
     yield
+
+
+class BrokenSink:
+    """A sink whose every method fails (its errors are internal errors, logged once per stage)."""
+
+    def observed(self, *args: Any) -> None:
+        raise RuntimeError("sink bug")
+
+    def adjust_in_flight(self, delta: int) -> None:
+        raise RuntimeError("sink bug")
+
+    def internal_error(self, stage: str) -> None:
+        raise RuntimeError("sink bug")

@@ -2,12 +2,11 @@
 
 Two layers:
 
-* the pure classifier (``classify_body``, ``parse_response_prefix``,
+* the pure classifier (``classify_body``,
   ``observation_from_mapping``) on arbitrary bytes, JSON of any shape, response-like objects
   with wrong types in every field, huge numbers, deep nesting (past jiter's recursion limit),
-  invalid UTF-8 and any Content-Encoding: it returns an observation or None, raises only
-  :class:`UnsupportedEncoding` or a decoder's own error for an encoded body, and reads the
-  same fields from a prefix as from a full parse;
+  invalid UTF-8 and any Content-Encoding: it returns an observation or None and never raises
+  (the differential suite, ``test_differential_bodies.py``, checks it equals the SDK);
 * the transports, through the real SDK, over an inner transport serving the fuzzed bytes with
   various status codes, content types and encodings: a client with bgwatch behaves exactly as
   a bare client (same bytes to the SDK, same parse, same exception type), in raise mode it
@@ -35,10 +34,8 @@ import bgwatch
 from bgwatch._classify import (
     STATUSES,
     Observation,
-    UnsupportedEncoding,
     classify_body,
     observation_from_mapping,
-    parse_response_prefix,
 )
 from bgwatch._watcher import known_error_codes, known_incomplete_reasons
 
@@ -48,10 +45,6 @@ try:
     import brotli
 except ImportError:  # pragma: no cover - a dev dependency
     brotli = None
-
-DECODER_ERRORS: tuple[type[BaseException], ...] = (UnsupportedEncoding, zlib.error)
-if brotli is not None:
-    DECODER_ERRORS += (brotli.error,)
 
 CALLS = st.sampled_from(["create", "retrieve", "cancel"])
 
@@ -210,12 +203,8 @@ def test_invalid_utf8_anywhere_never_raises(doc: dict[str, Any], position: int, 
 
 @settings(max_examples=300, deadline=None)
 @given(body=st.binary(max_size=2000) | response_like().map(lambda d: dumps(d, 0)), header=JUNK_ENCODINGS)
-def test_any_content_encoding_raises_only_decoder_errors(body: bytes, header: str) -> None:
-    try:
-        obs = classify_body("retrieve", 200, body, content_encoding=header)
-    except DECODER_ERRORS:
-        return
-    check_observation(obs)
+def test_any_content_encoding_never_raises(body: bytes, header: str) -> None:
+    check_observation(classify_body("retrieve", 200, body, content_encoding=header))
 
 
 @settings(max_examples=300, deadline=None)
@@ -225,15 +214,6 @@ def test_any_content_encoding_raises_only_decoder_errors(body: bytes, header: st
 def test_observation_from_any_mapping(mapping: dict[str, Any], call: str) -> None:
     mapping.setdefault("object", "response")
     check_observation(observation_from_mapping(call, mapping))  # type: ignore[arg-type]
-
-
-def test_huge_integer_timestamps_are_absent_not_an_error() -> None:
-    # Valid JSON that float() cannot hold: was an OverflowError that lost the observation.
-    body = response_body("resp_huge", "failed", code="server_error")
-    raw = json.dumps(body).encode().replace(b'"created_at": 1760000000.0', b'"created_at": 1' + b"0" * 400)
-    assert b"0" * 400 in raw
-    obs = classify_body("retrieve", 200, raw)
-    assert obs is not None and obs.created_at is None and obs.error_code == "server_error"
 
 
 def test_bodies_jiter_refuses_but_the_sdk_reads_are_still_counted() -> None:
@@ -253,11 +233,16 @@ def nested(depth: int) -> str:
 
 @pytest.mark.parametrize("depth", [10, 100, 1_000, 10_000, 200_000])
 def test_deep_nesting(depth: int) -> None:
-    """Past jiter's recursion limit: never an exception; fields before a deep output still count."""
+    """Never an exception; counted exactly when json.loads (the SDK's parser) can read it."""
     body = response_body("resp_deep", "failed", code="server_error")
     deep_output = json.dumps(body).replace('"output": []', f'"output": {nested(depth)}')
     obs = classify_body("retrieve", 200, deep_output.encode())
-    assert obs is not None and obs.status == "failed" and obs.error_code == "server_error"
+    try:
+        json.loads(deep_output)
+    except RecursionError:  # the SDK raises too: it returns no response
+        assert obs is None
+    else:
+        assert obs is not None and obs.status == "failed" and obs.error_code == "server_error"
     deep_error = json.dumps(body).replace('"error": {', f'"deep": {nested(depth)}, "error": {{')
     check_observation(classify_body("retrieve", 200, deep_error.encode()))
     for raw in (nested(depth).encode(), ('{"a":' * depth + "1" + "}" * depth).encode()):
@@ -272,17 +257,6 @@ def test_fields_after_output_are_read_in_a_small_body() -> None:
     reordered |= {"status": "incomplete", "incomplete_details": body["incomplete_details"]}
     obs = classify_body("retrieve", 200, json.dumps(reordered).encode())
     assert obs is not None and obs.status == "incomplete" and obs.incomplete_reason == "max_output_tokens"
-
-
-def test_parse_response_prefix_never_returns_a_cut_value() -> None:
-    # The fast path closes the object at the first "output" key; an "output" inside a string
-    # or a nested object must not be mistaken for it.
-    body = response_body("resp_o", "failed", code="server_error")
-    body["instructions"] = 'say "output" and \\"output\\"'
-    body["error"]["message"] = '{"output": 1}'
-    fields = parse_response_prefix(json.dumps(body).encode())
-    assert fields is not None and fields["instructions"] == body["instructions"]
-    assert fields["error"] == body["error"]
 
 
 # -- the transports, through the real SDK --------------------------------------------------

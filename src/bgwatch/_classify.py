@@ -1,25 +1,27 @@
-"""Pure classification of Responses API traffic: no I/O, no state, no HTTP library.
+"""Pure classification of Responses API traffic: no I/O, no state.
 
 Two steps, so the transports can stay cheap on unrelated calls:
 
 * :func:`classify_request` looks at the method and path only and says whether a call *might*
   be a Responses API create, retrieve (poll) or cancel. It allocates almost nothing.
-* :func:`classify_body` (and :func:`observation_from_mapping` for stream events) decides from
-  the body: only an object with ``"object": "response"`` is a response. The path never decides
-  alone, because ``/responses/input_tokens``, ``/responses/compact`` and
-  ``/responses/{id}/input_items`` share the prefix and return other objects.
+* :func:`observation_from_json` (and :func:`observation_from_mapping` for stream events)
+  decides from the parsed body: only an object with ``"object": "response"`` is a response.
+  The path never decides alone, because ``/responses/input_tokens``, ``/responses/compact``
+  and ``/responses/{id}/input_items`` share the prefix and return other objects.
 
-The fields we need (id, status, error, incomplete_details, model, timestamps) come before
-``output`` in real bodies, so we first parse only the bytes before the first ``"output"`` key
-(closed into a complete object), then, when that does not hold them all, a prefix in partial
-mode, a longer prefix, and the whole body only as a last resort. The cost per body stays flat
-whatever the size of the output.
+**The SDK is the oracle, so the body is read exactly as the SDK reads it**: the SDK calls its
+HTTP library's ``Response.json()``, which is ``json.loads(response.content)`` (UTF-8 with or
+without a byte order mark, UTF-16 and UTF-32 detected, the last of duplicate keys kept, any
+Content-Type), over the content that library decoded (its own Content-Encoding rules). The
+transports parse once with exactly that call and hand the SDK the very same parse, so
+exactness costs no second pass (see :mod:`bgwatch.transports`). No shortcut here decides
+differently from the SDK: a prefix parser cannot know about a duplicate key, a later field or
+a broken tail it never read.
 """
 
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -40,22 +42,6 @@ ACTIVE_STATUSES: Final = frozenset(("queued", "in_progress"))
 # once per in-flight response) a copy the parser made.
 _CANONICAL_STATUS: Final[dict[str, str]] = {status: status for status in STATUSES}
 
-# The keys we read. Once all are present (or `output` is reached) the rest of the body is irrelevant.
-_WANTED: Final = frozenset(
-    (
-        "id",
-        "object",
-        "status",
-        "created_at",
-        "completed_at",
-        "background",
-        "error",
-        "incomplete_details",
-        "model",
-    )
-)
-# Prefix sizes tried in turn before parsing the whole body: long `instructions` push `model` back.
-_PREFIX_STEPS: Final = (8 * 1024, 128 * 1024)
 _NOT_A_RESPONSE_SEGMENTS: Final = frozenset(("input_tokens", "compact"))
 
 
@@ -113,123 +99,16 @@ def classify_request(method: str, path: str) -> CallKind | None:
     return None
 
 
-def is_json_content_type(content_type: str | None) -> bool:
-    """Whether a Content-Type header names JSON (``application/json; charset=utf-8`` etc.)."""
-    if not content_type:
-        return False
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
-
-
 def is_event_stream(content_type: str | None) -> bool:
     """Whether a Content-Type header names a Server-Sent Events stream."""
     return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"  # type: ignore[union-attr]
 
 
-class UnsupportedEncoding(Exception):
-    """The body uses a Content-Encoding we cannot decode in this environment."""
-
-
-class _DecodedPrefix:
-    """Decodes a possibly compressed body lazily, only as far as a caller asks."""
-
-    __slots__ = ("_decoded", "_decompressor", "_done", "_raw")
-
-    def __init__(self, raw: bytes, content_encoding: str | None) -> None:
-        self._raw = raw
-        self._decompressor: Any = None
-        self._done = True
-        if not content_encoding:  # the common case, kept cheap
-            self._decoded = raw
-            return
-        encodings = [e.strip().lower() for e in content_encoding.split(",") if e.strip()]
-        encodings = [e for e in encodings if e != "identity"]
-        if not encodings:
-            self._decoded = raw
-            return
-        if len(encodings) == 1 and encodings[0] in ("gzip", "x-gzip", "deflate"):
-            # wbits 47 auto-detects gzip or zlib; raw deflate is handled on the first error.
-            self._decompressor = zlib.decompressobj(47)
-            self._decoded = b""
-            self._done = False
-            return
-        self._decoded = _decode_fully(raw, encodings)
-
-    def get(self, size: int | None) -> tuple[bytes, bool]:
-        """First ``size`` decoded bytes (all when None) and whether that is the whole body."""
-        if not self._done and (size is None or len(self._decoded) < size):
-            self._advance(size)
-        if size is None or len(self._decoded) <= size:
-            return self._decoded, self._done
-        return self._decoded[:size], False
-
-    def before(self, marker: bytes, limit: int) -> bytes | None:
-        """The decoded bytes before the first ``marker`` in the first ``limit``, or None."""
-        if not self._done and len(self._decoded) < limit:
-            self._advance(limit)
-        cut = self._decoded.find(marker, 0, limit)
-        return None if cut < 0 else self._decoded[:cut]
-
-    def _advance(self, size: int | None) -> None:
-        want = 0 if size is None else size - len(self._decoded)
-        try:
-            chunk = self._decompressor.decompress(self._raw, want)
-        except zlib.error:
-            if self._decoded:
-                raise
-            self._decompressor = zlib.decompressobj(-15)
-            chunk = self._decompressor.decompress(self._raw, want)
-        self._raw = self._decompressor.unconsumed_tail
-        self._decoded += chunk
-        if not self._raw:
-            self._decoded += self._decompressor.flush()
-            self._done = True
-
-
-def decode_body(body: bytes, content_encoding: str | None) -> bytes:
-    """The whole body with its Content-Encoding undone (used only when raising)."""
-    return _DecodedPrefix(body, content_encoding).get(None)[0]
-
-
-def _decode_fully(raw: bytes, encodings: list[str]) -> bytes:
-    data = raw
-    for encoding in reversed(encodings):
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            data = zlib.decompress(data, 47) if encoding != "deflate" else _inflate(data)
-        elif encoding == "br":
-            try:
-                import brotli  # type: ignore[import-not-found,import-untyped,unused-ignore]
-            except ImportError as exc:  # the client could not decode it either
-                raise UnsupportedEncoding(encoding) from exc
-            data = brotli.decompress(data)
-        elif encoding == "zstd":
-            data = _zstd_decompress(data)
-        else:
-            raise UnsupportedEncoding(encoding)
-    return data
-
-
-def _inflate(data: bytes) -> bytes:
-    try:
-        return zlib.decompress(data)
-    except zlib.error:
-        return zlib.decompress(data, -15)
-
-
-def _zstd_decompress(data: bytes) -> bytes:
-    try:
-        from compression import zstd  # type: ignore[import-not-found,unused-ignore]  # Python 3.14+
-    except ImportError:
-        try:
-            import zstandard  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:
-            raise UnsupportedEncoding("zstd") from exc
-        return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
-    return bytes(zstd.decompress(data))
-
-
 def _parse_json(data: bytes, *, partial: bool) -> Any:
     """Parse with jiter; a complete document jiter refuses gets a second chance with json.
+
+    For stream events and request bodies (partial parsing); a non-streamed answer is parsed
+    with ``json.loads`` itself, as the SDK parses it.
 
     jiter rejects a few things json (and so the SDK) accepts, such as a lone surrogate escape
     (``"\\ud800"``) or a byte order mark; a body the SDK can read must not go uncounted.
@@ -258,85 +137,93 @@ def _complete_keys(mapping: dict[str, Any], complete: bool) -> dict[str, Any]:
     return trimmed
 
 
-def _fields_before_output(data: bytes | None) -> dict[str, Any] | None:
-    """The top-level keys before ``"output"`` when they hold every field we read, else None.
-
-    In the live API's key order everything bgwatch reads comes before ``output``, usually
-    within the first few hundred bytes, while ``output`` holds the bulk of the body. Closing
-    the object right there (``"output":null}``) and parsing that much is far cheaper than
-    parsing a prefix of the output. The result is exact, not partial: when the first
-    ``"output"`` is not a top-level key (inside a string or a nested value) the closed text
-    is not valid JSON, or lacks the fields, and the caller falls back to prefix parsing.
-    """
-    if data is None:
-        return None
-    try:
-        parsed = _parse_json(data + b'"output":null}', partial=False)
-    except ValueError:
-        return None
-    if not isinstance(parsed, dict) or not _WANTED.issubset(parsed):
-        return None
-    del parsed["output"]
-    return parsed
-
-
-def parse_response_prefix(body: bytes, content_encoding: str | None = None) -> dict[str, Any] | None:
-    """Read the fields bgwatch needs from a JSON body, parsing as little of it as possible.
-
-    Returns the top-level keys found (values that were cut short by the prefix are dropped),
-    or None when the body is not a JSON object. Raises :class:`UnsupportedEncoding` for a
-    Content-Encoding we cannot decode.
-    """
-    decoded = _DecodedPrefix(body, content_encoding)
-    head = _fields_before_output(decoded.before(b'"output"', _PREFIX_STEPS[0]))
-    if head is not None and head.get("status") not in TERMINAL_STATUSES:
-        return head  # a terminal body is read whole: its ``usage`` comes after ``output``
-    for step in (*_PREFIX_STEPS, None):
-        data, complete = decoded.get(step)
-        if data.lstrip()[:1] != b"{":
-            return None
-        try:
-            parsed = _parse_json(data, partial=not complete)
-        except ValueError:
-            if complete:
-                return None
-            continue
-        if not isinstance(parsed, dict):
-            return None
-        found = _complete_keys(parsed, complete)
-        if complete or "output" in found or _WANTED.issubset(found):
-            return found
-        if found.get("object", "response") != "response":
-            return found  # decided: not a response, no need to read further
-    return None  # pragma: no cover - the loop always ends on a complete parse
-
-
 def _str(value: Any, limit: int = 256) -> str | None:
     return value[:limit] if isinstance(value, str) else None
 
 
+class _SdkRejects(Exception):
+    """The SDK cannot build a Response from this body (its construction raises)."""
+
+
+def _as_sdk_builds(name: str, value: Any) -> Any:
+    """The value the SDK's ``Response`` holds for a top-level field the JSON gave as ``value``.
+
+    The SDK builds a Response without validating it, but runs pydantic's lax validation on
+    each Optional field first: ``"yes"`` or ``1`` becomes ``True`` for ``background``, ``"12"``
+    becomes ``12.0`` for ``completed_at``, a usage object that validates whole gets ``"3"`` ->
+    ``3``. Such values are rare, so the SDK itself is asked (exact by construction); values of
+    the plain type never come here.
+    """
+    from openai._models import construct_type
+    from openai.types.responses import Response
+
+    field = Response.model_fields[name]
+    try:
+        return construct_type(value=value, type_=field.annotation, metadata=field.metadata)
+    except Exception as exc:  # the SDK's construction fails alike: it returns no Response
+        raise _SdkRejects(name) from exc
+
+
 def _seconds(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, int) and not 0 <= value < 100_000_000_000:
-        return None  # checked before float(): a 400-digit integer (valid JSON) overflows it
-    result = float(value)
-    return result if 0 <= result < 1e11 else None  # a year-5138 timestamp is garbage
+    """A timestamp as the SDK holds it (a float), when it is one; else None."""
+    if type(value) is float:
+        return value if 0 <= value < 1e11 else None  # a year-5138 timestamp is garbage
+    if type(value) is int:
+        return float(value) if 0 <= value < 100_000_000_000 else None  # no float() of 400 digits
+    return None
+
+
+def _created_at(value: Any) -> float | None:
+    # ``created_at: float`` (not Optional): the SDK turns any int (a bool too) into a float,
+    # and fails on one too large for a float; anything else it keeps as is.
+    if isinstance(value, int) and type(value) is not float:
+        try:
+            value = float(value)
+        except OverflowError as exc:
+            raise _SdkRejects("created_at") from exc
+    return _seconds(value)
+
+
+def _completed_at(value: Any) -> float | None:
+    if value is not None and type(value) not in (int, float):
+        value = _as_sdk_builds("completed_at", value)
+    return _seconds(value)
+
+
+def _background(value: Any) -> bool | None:
+    if value is not None and type(value) is not bool:
+        value = _as_sdk_builds("background", value)
+    return value if type(value) is bool else None
 
 
 def _tokens(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10**15:
+    if type(value) is not int or not 0 <= value < 10**15:
         return None
     return value
+
+
+def _usage(usage: Any) -> tuple[int | None, int | None]:
+    """Input and output tokens as the SDK's ``Response.usage`` holds them."""
+    if usage is None:
+        return None, None
+    if isinstance(usage, Mapping):
+        input_tokens, output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
+        if type(input_tokens) is int and type(output_tokens) is int:
+            return _tokens(input_tokens), _tokens(output_tokens)
+    built = _as_sdk_builds("usage", usage)
+    if isinstance(built, Mapping):
+        return _tokens(built.get("input_tokens")), _tokens(built.get("output_tokens"))
+    return _tokens(getattr(built, "input_tokens", None)), _tokens(getattr(built, "output_tokens", None))
 
 
 def observation_from_mapping(
     call: CallKind, body: Mapping[str, Any], request_id: str | None = None
 ) -> Observation | None:
-    """Build an :class:`Observation` from a (possibly partial) response object.
+    """Build an :class:`Observation` from a response object (a parsed body or stream event).
 
-    Returns None unless ``body`` is a Responses API response object with a string id.
-    Fields of the wrong type are treated as absent, never trusted.
+    Returns None unless ``body`` is a Responses API response object with a string id, and
+    None when the SDK could not build a Response from it either. Every field holds what the
+    SDK's ``Response`` holds, or None where that is not of the field's type (never trusted).
     """
     get = body.get
     if get("object") != "response":
@@ -348,18 +235,19 @@ def observation_from_mapping(
     error = get("error")
     details = get("incomplete_details")
     code = message = reason = None
-    if error is not None and isinstance(error, Mapping):
+    if isinstance(error, Mapping):
         code = _str(error.get("code"))
         message = _str(error.get("message"), 4096)
-    if details is not None and isinstance(details, Mapping):
+    if isinstance(details, Mapping):
         reason = _str(details.get("reason"))
-    background = get("background")
     model = get("model")
-    usage = get("usage")
-    input_tokens = output_tokens = None
-    if isinstance(usage, Mapping):
-        input_tokens = _tokens(usage.get("input_tokens"))
-        output_tokens = _tokens(usage.get("output_tokens"))
+    try:
+        created_at = _created_at(get("created_at"))
+        completed_at = _completed_at(get("completed_at"))
+        background = _background(get("background"))
+        input_tokens, output_tokens = _usage(get("usage"))
+    except _SdkRejects:
+        return None
     return Observation(
         call=call,
         response_id=response_id,
@@ -368,14 +256,39 @@ def observation_from_mapping(
         error_message=message,
         incomplete_reason=reason,
         model=model[:256] if isinstance(model, str) else None,
-        created_at=_seconds(get("created_at")),
-        completed_at=_seconds(get("completed_at")),
-        background=background if isinstance(background, bool) else None,
+        created_at=created_at,
+        completed_at=completed_at,
+        background=background,
         request_id=request_id,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         service_tier=_str(get("service_tier"), 64),
     )
+
+
+def observation_from_json(call: CallKind, data: Any, request_id: str | None = None) -> Observation | None:
+    """An :class:`Observation` from a parsed body (anything ``json.loads`` returns), else None."""
+    if type(data) is not dict:  # json.loads makes only plain dicts; anything else is no response
+        return None
+    return observation_from_mapping(call, data, request_id)
+
+
+def decode_content(body: bytes, headers: Any, module: Any = None) -> bytes:
+    """``body`` with its Content-Encoding undone exactly as the SDK's HTTP library does it.
+
+    ``headers`` is anything the library's ``Response`` accepts (its ``Headers``, a list of
+    pairs, a dict). The library itself decodes, so its rules hold by construction: codings it
+    does not know are ignored (httpx2 and httpx: ``UTF-8``, ``none``, ``binary``, ``x-gzip``),
+    httpx2 refuses more than 5 stacked codings, a broken stream raises its ``DecodingError``.
+    ``module``: ``httpx2`` or ``httpx`` (default: the one the installed SDK uses).
+    """
+    if module is None:
+        from ._sdk import sdk_http_module
+
+        module = sdk_http_module()
+    probe = module.Response(200, stream=module.ByteStream(body))
+    probe.headers = headers if isinstance(headers, module.Headers) else module.Headers(headers)
+    return bytes(probe.read())
 
 
 def classify_body(
@@ -388,12 +301,17 @@ def classify_body(
 ) -> Observation | None:
     """Classify a complete non-streamed body of a call :func:`classify_request` selected.
 
-    Returns None for non-2xx answers and for anything that is not a response object.
-    Raises :class:`UnsupportedEncoding` when the body cannot be decoded here.
+    Reads the body as the SDK does (see the module's docstring): decoded by the SDK's HTTP
+    library when ``content_encoding`` is given, then ``json.loads``, whatever the content
+    type. Returns None for non-2xx answers, for bodies the SDK could not decode or parse, and
+    for anything that is not a response object. Never raises.
     """
-    if not 200 <= status_code < 300 or not body:
+    if not 200 <= status_code < 300:
         return None
-    fields = parse_response_prefix(body, content_encoding)
-    if fields is None:
+    try:
+        if content_encoding:
+            body = decode_content(body, [("content-encoding", content_encoding)])
+        data = json.loads(body)
+    except Exception:  # the SDK's Response.json() fails alike: it returns no Response
         return None
-    return observation_from_mapping(call, fields, request_id)
+    return observation_from_json(call, data, request_id)

@@ -79,7 +79,7 @@ from .errors import BackgroundResponseError
 from .tracing import CallSpan
 
 if TYPE_CHECKING:
-    from .transports import Hook
+    from ._hook import Hook
 
 __all__ = ["MAX_EVENT_DATA", "StreamObserver", "observe_stream"]
 
@@ -114,7 +114,7 @@ class StreamObserver:
     """The per-stream observation state, independent of the HTTP library. Never raises.
 
     Args:
-        hook: the transport's :class:`~bgwatch.transports.Hook` (watcher, ``raise_on``).
+        hook: the transport's :class:`~bgwatch._hook.Hook` (watcher, ``raise_on``).
         call: ``"create"`` for a stream answering ``POST /responses``, else ``"stream"``.
         span: the call's span; :meth:`end` ends it.
         headers: the response headers (``x-request-id``, ``content-encoding``).

@@ -36,9 +36,9 @@ import openai
 from openai.types.responses import Response
 
 from ._classify import TERMINAL_STATUSES, classify_body
+from ._hook import Hook
 from ._watcher import Watcher, default_watcher
 from .errors import BgwatchError, ConfigurationError, raise_for_status, validate_raise_on
-from .transports import Hook
 
 __all__ = [
     "DEFAULT_RAISE_ON",

@@ -1,0 +1,197 @@
+"""The library-independent core of the transports: what to inspect, what it means, what to raise.
+
+Layers read one way: :mod:`bgwatch._classify` (bytes to an observation), then
+:mod:`bgwatch._watcher` (track and record), then this hook, then the adapters that know an
+HTTP library (:mod:`bgwatch.transports`, :mod:`bgwatch._streams`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import openai
+
+from ._classify import (
+    CallKind,
+    Observation,
+    classify_request,
+    decode_content,
+    is_event_stream,
+    observation_from_json,
+)
+from ._sdk import version_tuple
+from ._watcher import Watcher, default_watcher
+from .errors import BackgroundResponseError, ConfigurationError, exception_for, validate_raise_on
+from .tracing import NOOP_CALL_SPAN, CallSpan
+
+__all__ = ["RAISE_MODE_MIN_OPENAI", "Hook", "raise_mode_supported"]
+
+# The first openai release whose retry loop re-raises an OpenAIError from the transport as is
+# (found by reading every release's _base_client.py: 2.30.0 wraps and retries, 2.31.0 does not).
+RAISE_MODE_MIN_OPENAI = (2, 31, 0)
+
+
+def raise_mode_supported(openai_version: str | None = None) -> bool:
+    """Whether this openai release propagates an exception raised in the transport unchanged.
+
+    Older releases retry any exception from the transport and wrap it in
+    ``APIConnectionError``: raising there would re-send ``POST /responses``.
+    """
+    version = openai.__version__ if openai_version is None else openai_version
+    return version_tuple(version) >= RAISE_MODE_MIN_OPENAI
+
+
+class Hook:
+    """Library-independent core of the transports: what to inspect and what it means.
+
+    Args:
+        watcher: the :class:`~bgwatch.Watcher` to record into (default: the process-wide one).
+        raise_on: terminal statuses that raise a typed exception to the caller
+            (``"failed"``, ``"incomplete"``, ``"cancelled"``); default none.
+    """
+
+    def __init__(self, watcher: Watcher | None = None, raise_on: Iterable[str] = ()) -> None:
+        self.raise_on = validate_raise_on(raise_on)
+        if self.raise_on and not raise_mode_supported():
+            raise ConfigurationError(
+                f"raise_on needs openai >= {'.'.join(map(str, RAISE_MODE_MIN_OPENAI))}: openai"
+                f" {openai.__version__} retries and wraps exceptions raised in the transport, which"
+                " would re-send the request. Upgrade openai, or use observe mode plus"
+                " bgwatch.raise_for_status(response)."
+            )
+        self.watcher = watcher if watcher is not None else default_watcher()
+
+    def select(self, method: str, path: str) -> CallKind | None:
+        """The call kind for a request worth inspecting, else None. Never raises."""
+        try:
+            return classify_request(method, path)
+        except Exception as exc:
+            self.watcher.internal_error("request", exc)
+            return None
+
+    def wants_body(self, status_code: int, content_type: str | None) -> bool:
+        """Whether a selected call's body is one the SDK parses as JSON: any 2xx non-stream answer.
+
+        The SDK parses a Response's JSON whatever the Content-Type says (``text/plain``,
+        none, ``text/json``), so the content type does not decide; only an event stream is
+        read as events instead.
+        """
+        return 200 <= status_code < 300 and not is_event_stream(content_type)
+
+    def wants_stream(self, status_code: int, content_type: str | None) -> bool:
+        """Whether a selected call answered with an event stream (observed, never buffered)."""
+        return 200 <= status_code < 300 and is_event_stream(content_type)
+
+    def start_span(self, call: CallKind, request: Any) -> CallSpan:
+        """The OpenTelemetry span of a selected call (a no-op when tracing is off). Never raises.
+
+        The adapter activates it around sending and recording, reports the HTTP status and
+        any exception, and ends it when the call is over (for a stream: when the stream is).
+        """
+        tracing = self.watcher.tracing
+        if tracing is None:
+            return NOOP_CALL_SPAN
+        return tracing.start_call(call, request)
+
+    def inspect(
+        self,
+        call: CallKind,
+        status_code: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        span: CallSpan = NOOP_CALL_SPAN,
+    ) -> BackgroundResponseError | None:
+        """Record what a complete (still encoded) body says; return the exception to raise, if any.
+
+        The body is decoded and parsed as the SDK would (see :mod:`bgwatch._classify`).
+        The transports call :meth:`observe_json` with the parse they share with the SDK instead.
+        Never raises.
+        """
+        if not 200 <= status_code < 300:
+            return None
+        try:
+            content_encoding, request_id = encoding_and_request_id(headers)
+            if content_encoding:
+                body = decode_content(body, [("content-encoding", content_encoding)])
+            data = json.loads(body)
+        except Exception:  # the SDK's Response.json() fails alike: it returns no Response
+            return None
+        return self.observe_json(call, data, request_id, span)
+
+    def observe_json(
+        self, call: CallKind, data: Any, request_id: str | None, span: CallSpan = NOOP_CALL_SPAN
+    ) -> BackgroundResponseError | None:
+        """Record what a parsed 2xx body says (``data``: what the SDK's ``Response.json()`` returns).
+
+        Returns the exception to raise, if any. Never raises.
+        """
+        try:
+            observation = observation_from_json(call, data, request_id)
+        except Exception as exc:
+            self.watcher.internal_error("classify", exc)
+            return None
+        return self._observed(observation, span, data)
+
+    def _observed(self, observation: Observation | None, span: CallSpan, data: Any) -> BackgroundResponseError | None:
+        if observation is None:
+            return None
+        span.observed(observation)
+        self.watcher.record(observation)
+        if not self.raise_on:
+            return None
+        return self.exception_for(observation, data)
+
+    def record(self, observation: Observation, span: CallSpan = NOOP_CALL_SPAN) -> None:
+        """Record what a call saw outside the adapter's own frame (a stream event). Never raises.
+
+        The call's span gets the response's id, model and status, and is current while the
+        watcher records, so that the response's lifecycle span links to it.
+        """
+        span.observed(observation)
+        with span.activate():
+            self.watcher.record(observation)
+
+    def exception_for(self, observation: Observation, body: Any = None) -> BackgroundResponseError | None:
+        """The typed exception ``observation`` calls for under ``raise_on``, else None."""
+        status = observation.status
+        if status is None or status not in self.raise_on:
+            return None
+        if observation.call == "cancel" and status == "cancelled":
+            return None  # the caller asked for exactly this
+        try:
+            payload = body() if callable(body) else body
+            return exception_for(
+                status,
+                code=observation.error_code,
+                reason=observation.incomplete_reason,
+                message=observation.error_message,
+                response_id=observation.response_id,
+                request_id=observation.request_id,
+                body=payload if isinstance(payload, Mapping) else None,
+            )
+        except Exception as exc:
+            self.watcher.internal_error("classify", exc)
+            return None
+
+
+def encoding_and_request_id(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """``Content-Encoding`` and (the first) ``x-request-id``, in one pass over the raw headers.
+
+    ``Headers.get`` scans and decodes every header once per name and raises internally for a
+    missing one; on the path of every poll one pass is measurably cheaper (benchmarks/).
+    """
+    raw = getattr(headers, "raw", None)
+    if raw is None:
+        return headers.get("content-encoding"), headers.get("x-request-id")
+    encoding: str | None = None
+    request_id: str | None = None
+    for key, value in raw:
+        size = len(key)
+        if size == 16 and key.lower() == b"content-encoding":
+            text = value.decode("latin-1")
+            encoding = text if encoding is None else f"{encoding}, {text}"
+        elif size == 12 and request_id is None and key.lower() == b"x-request-id":
+            request_id = value.decode("latin-1")
+    return encoding, request_id
