@@ -27,6 +27,7 @@ from typing import Any, Final
 
 __all__ = [
     "FORK_ACQUIRE_TIMEOUT",
+    "PLAIN_LOCK_TYPE",
     "Condition",
     "Lock",
     "at_fork_in_child",
@@ -54,6 +55,9 @@ class _Registry:
 
 
 _registry = _Registry()
+
+PLAIN_LOCK_TYPE: Final[type[Any]] = type(_registry.lock)
+"""The type of ``threading.Lock()`` objects (to find other libraries' locks)."""
 
 
 class Lock:

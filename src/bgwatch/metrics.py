@@ -27,7 +27,6 @@ and label names (it appends ``_total`` to counters and ``_seconds`` for the unit
 from __future__ import annotations
 
 import os
-import threading
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -348,7 +347,7 @@ class _SweepOnCollect:
 
 def _renew_prometheus_locks(instruments: Iterable[Any]) -> None:
     """Give prometheus_client objects fresh locks in a forked child (where found; best effort)."""
-    lock_type = type(threading.Lock())
+    lock_type = _locks.PLAIN_LOCK_TYPE
     for instrument in instruments:
         for owner in (instrument, getattr(instrument, "_value", None)):
             if isinstance(getattr(owner, "_lock", None), lock_type):
