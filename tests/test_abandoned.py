@@ -151,3 +151,32 @@ def test_expiring_map_expires_in_store_order_and_caps_oldest_first() -> None:
     assert items.pop_oldest() == ("a", a)
     assert items.get("c") is c and len(items) == 1 and "a" not in items
     assert items.expire(17.0) == [("c", c)] and items.pop_oldest() is None
+
+
+class LegacySink:
+    """A sink written before abandoned() and forked() existed."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+
+    def observed(self, observation: object, transition: object, labels: object, duration: object) -> None:
+        self.in_flight += getattr(transition, "in_flight_delta", 0)
+
+    def adjust_in_flight(self, delta: int) -> None:
+        self.in_flight += delta
+
+    def internal_error(self, stage: str) -> None:
+        raise AssertionError(f"internal error at {stage}")
+
+
+def test_a_sink_without_the_new_methods_keeps_working(fake_api: FakeAPI) -> None:
+    registry, clock, legacy = CollectorRegistry(), ManualClock(), LegacySink()
+    watcher = bgwatch.Watcher(registry=registry, sinks=[legacy], in_flight_ttl=TTL, clock=clock, max_tracked=2)
+    client = client_for(fake_api, watcher)
+    for n in range(3):
+        create(fake_api, client, f"resp_{n}")  # the third evicts the first (abandoned)
+    assert legacy.in_flight == 2
+    clock.now += TTL + 1
+    watcher.sweep()
+    assert legacy.in_flight == 0
+    assert sample(registry, "bg_response_abandoned_total", model=MODEL) == 3

@@ -84,7 +84,7 @@ class Sink(Protocol):
         """An in-flight change from a TTL sweep, outside any observation."""
 
     def abandoned(self, models: Sequence[str]) -> None:
-        """Responses that left tracking without a terminal state seen (TTL expiry or the size
+        """(Optional.) Responses that left tracking without a terminal state seen (TTL expiry or the size
         cap), one bounded model label each: count them in ``bg_response_abandoned_total``.
 
         Their in-flight change arrives separately (``transition.in_flight_delta`` or
@@ -92,7 +92,8 @@ class Sink(Protocol):
         """
 
     def forked(self, in_flight_forgotten: int) -> None:
-        """In a forked child, after the watcher forgot its tracked ids (``in_flight_forgotten``
+        """(Optional; without it the sink gets ``adjust_in_flight(-in_flight_forgotten)``.)
+        In a forked child, after the watcher forgot its tracked ids (``in_flight_forgotten``
         of them were in flight): start the child's counts afresh. A sink shared by several
         watchers is told once per watcher.
         """
@@ -215,7 +216,7 @@ class Watcher:
             try:
                 sink.observed(observation, transition, labels, duration)
                 if transition is not None and transition.abandoned:
-                    sink.abandoned(transition.abandoned)
+                    _tell_abandoned(sink, transition.abandoned)
             except Exception as exc:
                 self.internal_error("sink", exc)
 
@@ -235,7 +236,7 @@ class Watcher:
         for sink in self._sinks:
             try:
                 sink.adjust_in_flight(-len(abandoned))
-                sink.abandoned(abandoned)
+                _tell_abandoned(sink, abandoned)
             except Exception as exc:
                 self.internal_error("sink", exc)
 
@@ -244,7 +245,11 @@ class Watcher:
         forgotten = self.tracker.start_afresh()
         for sink in self._sinks:
             try:
-                sink.forked(forgotten)
+                forked = getattr(sink, "forked", None)  # optional for sinks written before it existed
+                if forked is not None:
+                    forked(forgotten)
+                elif forgotten:
+                    sink.adjust_in_flight(-forgotten)
             except Exception as exc:
                 self.internal_error("sink", exc)
 
@@ -301,6 +306,12 @@ class Watcher:
         start = observation.created_at if observation.created_at is not None else transition.first_seen
         end = observation.completed_at if observation.completed_at is not None else time.time()
         return max(0.0, end - start)
+
+
+def _tell_abandoned(sink: Sink, models: tuple[str, ...]) -> None:
+    abandoned = getattr(sink, "abandoned", None)  # optional for sinks written before it existed
+    if abandoned is not None:
+        abandoned(models)
 
 
 _default_lock = _locks.Lock()
