@@ -9,7 +9,7 @@ order they were last stored, so expiry only ever looks at the front.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Generic, TypeVar
 
 __all__ = ["ExpiringMap", "Stamped"]
@@ -69,10 +69,12 @@ class ExpiringMap(Generic[K, V]):
             return None
         return self._items.popitem(last=False)
 
-    def expire(self, now: float) -> list[tuple[K, V]]:
+    def expire(self, now: float) -> Sequence[tuple[K, V]]:
         """Remove every entry stored at or before ``now - ttl``; returns them, oldest first."""
-        deadline = now - self.ttl
         items = self._items
+        deadline = now - self.ttl
+        if not items or next(iter(items.values())).stamp > deadline:
+            return ()  # the common case, without allocating
         expired: list[tuple[K, V]] = []
         while items:
             key, value = next(iter(items.items()))

@@ -128,6 +128,9 @@ class Tracker:
         self._ended: ExpiringMap[str, _Entry] = ExpiringMap(self.ttl_seconds)
         self._evicted_in_flight = 0
         self._expired_in_flight = 0
+        # Observations look at the TTLs at most this often (an explicit expire() always does).
+        self._expiry_interval = min(1.0, self.in_flight_ttl / 8, self.ttl_seconds / 8)
+        self._next_expiry = 0.0
 
     def observe(
         self,
@@ -163,7 +166,7 @@ class Tracker:
     ) -> Transition:
         now = self._clock()  # read under the lock: the maps' order is their stamps' order
         before = len(self._active)
-        abandoned = self._expire(now, dropped)
+        abandoned = self._expire(now, dropped) if now >= self._next_expiry else []
         ended = self._ended.get(response_id)
         if ended is not None:
             self._ended.put(response_id, ended, now)  # still being looked at: remember it longer
@@ -265,6 +268,7 @@ class Tracker:
                 dropped.append((entry.attachment, "evicted"))
 
     def _expire(self, now: float, dropped: list[tuple[Attachment, str]]) -> list[str]:
+        self._next_expiry = now + self._expiry_interval
         abandoned: list[str] = []
         for _, entry in self._active.expire(now):
             self._expired_in_flight += 1
@@ -310,8 +314,10 @@ class LabelValues:
     def __init__(self, known: Iterable[str], max_extra: int, pattern: re.Pattern[str]) -> None:
         if max_extra < 0:
             raise ValueError(f"max_extra must be >= 0, got {max_extra}")
-        self._known = frozenset(known)
-        self._extra: set[str] = set()
+        # value -> the one string object stored for it: entries and label children share it
+        # instead of each keeping its own copy parsed from a body.
+        self._known = {value: value for value in known}
+        self._extra: dict[str, str] = {}
         self._max_extra = max_extra
         self._pattern = pattern
         self._lock = _locks.Lock()
@@ -329,13 +335,17 @@ class LabelValues:
     def __call__(self, value: str | None) -> str:
         if value is None or value == "":
             return self.MISSING
-        if value in self._known or value in self._extra:
-            return value
+        found = self._known.get(value) or self._extra.get(value)
+        if found is not None:
+            return found
         if not self._pattern.fullmatch(value):
             return self.OTHER
         with self._lock:
+            found = self._extra.get(value)
+            if found is not None:
+                return found
             if len(self._extra) < self._max_extra:
-                self._extra.add(value)
+                self._extra[value] = value
                 return value
         return self.OTHER
 
@@ -343,7 +353,7 @@ class LabelValues:
     def admitted(self) -> frozenset[str]:
         """Every value that may appear as a label (known, admitted extras, other, unknown)."""
         with self._lock:
-            return self._known | self._extra | {self.OTHER, self.MISSING}
+            return frozenset(self._known) | frozenset(self._extra) | {self.OTHER, self.MISSING}
 
 
 class RecentIds:
