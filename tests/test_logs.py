@@ -183,6 +183,11 @@ def run_workload(fake_api: FakeAPI, watcher: bgwatch.Watcher) -> None:
     receiver = WebhookReceiver(secret=SECRET, client=follow_up, watcher=watcher)
     built = build_delivery(SECRET, "response.failed", "resp_401", time.time())
     assert receiver.handle(built.body, built.headers).ok
+    # A signed event whose id is not an id: the follow-up (404) fails; the "id" is never logged.
+    odd_id = f"resp {marked('data.id')}"
+    fake_api.routes[f"GET /responses/{odd_id}"] = lambda method, path, content: error_answer(404)
+    built = build_delivery(SECRET, "response.failed", odd_id, time.time())
+    assert receiver.handle(built.body, built.headers).ok
     assert receiver.join(5)
     receiver.close()
     forged = build_delivery(new_secret(), "response.failed", "resp_401", time.time())
@@ -214,7 +219,8 @@ def test_no_server_text_or_exception_message_in_any_log_record(caplog: pytest.Lo
     texts, registry = run_logged(caplog, capture=False)
     # The workload did fail in every way that logs: the scan reads real records.
     joined = "\n".join(texts)
-    for expected in ("follow-up retrieve", "cancelling resp_pending", "stage 'sink'", "stage 'classify'"):
+    expected_lines = ("follow-up retrieve of resp_401", "follow-up retrieve of <not an id>", "cancelling resp_pending")
+    for expected in (*expected_lines, "stage 'sink'", "stage 'classify'"):
         assert expected in joined, expected
     assert total(registry, "bgwatch_internal_errors_total") > 0
     leaks = [text for text in texts if MARK in text]

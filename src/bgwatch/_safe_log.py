@@ -13,9 +13,9 @@ import re
 import traceback
 from typing import Final
 
-__all__ = ["describe"]
+__all__ = ["describe", "loggable_id"]
 
-_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _MAX_CHAIN: Final = 5
 
 
@@ -49,7 +49,12 @@ def _one(exc: BaseException) -> str:
     if isinstance(status, int) and not isinstance(status, bool):
         details.append(f"status={status}")
     request_id = getattr(exc, "request_id", None)
-    if isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id):
+    if isinstance(request_id, str) and _ID.fullmatch(request_id):
         details.append(f"request_id={request_id}")
     kind = type(exc).__qualname__
     return f"{kind}({', '.join(details)})" if details else kind
+
+
+def loggable_id(value: object) -> str:
+    """An id (``resp_...``, ``req_...``) as is; anything that does not look like one is withheld."""
+    return value if isinstance(value, str) and _ID.fullmatch(value) else "<not an id>"

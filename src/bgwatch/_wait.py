@@ -36,7 +36,7 @@ import openai
 from openai.types.responses import Response
 
 from ._classify import TERMINAL_STATUSES, classify_body
-from ._safe_log import describe
+from ._safe_log import describe, loggable_id
 from ._watcher import Watcher, default_watcher
 from .errors import BgwatchError, ConfigurationError, raise_for_status, validate_raise_on
 from .transports import Hook
@@ -250,7 +250,7 @@ class _Recorder:
 def _log_cancel_failed(response_id: str, recorder: _Recorder, exc: BaseException) -> None:
     log.debug(
         "bgwatch: cancelling %s after a wait timed out failed (stage cancel): %s",
-        response_id,
+        loggable_id(response_id),
         describe(exc, capture=recorder.watcher.capture_error_messages),
     )
 

@@ -62,7 +62,7 @@ import openai
 
 from . import _locks
 from ._classify import TERMINAL_STATUSES, Observation
-from ._safe_log import describe
+from ._safe_log import describe, loggable_id
 from ._tracker import RecentIds
 from ._wait import _Recorder
 from ._watcher import Watcher, default_watcher
@@ -587,7 +587,7 @@ class WebhookReceiver:
     def _follow_up_failed(self, job: _Job, exc: BaseException) -> None:
         log.debug(
             "bgwatch: webhook follow-up retrieve of %s failed (stage webhook): %s",
-            job.response_id,
+            loggable_id(job.response_id),
             describe(exc, capture=self.watcher.capture_error_messages),
         )
         self.watcher.internal_error("webhook", exc)
