@@ -11,7 +11,9 @@ The ground truth is twofold: the simulator's ledger (the outcome each response r
 reached) and what the SDK handed back to the clients (which responses were observed in a
 terminal state, and as what). bgwatch must have counted every observed terminal response
 exactly once under its status, code and reason, nothing else, every poll, every create,
-and must leave in flight exactly the responses a client stopped watching before their end.
+and must leave in flight exactly the responses a client stopped watching before their end;
+once nobody has looked at those for ``in_flight_ttl`` they are abandoned, and every response
+whose create was seen is accounted for: in flight + finished + abandoned == created.
 """
 
 from __future__ import annotations
