@@ -11,7 +11,9 @@ The ground truth is twofold: the simulator's ledger (the outcome each response r
 reached) and what the SDK handed back to the clients (which responses were observed in a
 terminal state, and as what). bgwatch must have counted every observed terminal response
 exactly once under its status, code and reason, nothing else, every poll, every create,
-and must leave in flight exactly the responses a client stopped watching before their end.
+and must leave in flight exactly the responses a client stopped watching before their end;
+once nobody has looked at those for ``in_flight_ttl`` they are abandoned, and every response
+whose create was seen is accounted for: in flight + finished + abandoned == created.
 """
 
 from __future__ import annotations
@@ -129,6 +131,16 @@ class Seen:
             code = response.error.code if response.error is not None else None
             reason = response.incomplete_details.reason if response.incomplete_details is not None else None
             self.terminal.setdefault(response.id, (response.status, code, reason))
+
+
+class OffsetClock:
+    """time.monotonic() plus an offset the test moves forward (to let the in-flight TTL pass)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
 
 
 def _lifecycle(client: openai.OpenAI, seen: Seen, rng: random.Random) -> None:
@@ -253,7 +265,8 @@ def test_every_observed_terminal_response_is_counted_once_under_the_right_code(
 ) -> None:
     base_url, control = simulator
     registry = CollectorRegistry()
-    watcher = bgwatch.Watcher(registry=registry)
+    clock = OffsetClock()
+    watcher = bgwatch.Watcher(registry=registry, clock=clock)
     seen = Seen()
     started = time.monotonic()
     errors: list[BaseException] = []
@@ -306,6 +319,20 @@ def test_every_observed_terminal_response_is_counted_once_under_the_right_code(
     assert 0 < unfinished <= seen.abandoned + seen.walked_away
     assert sample(registry, "bg_response_in_flight") == unfinished == watcher.tracker.in_flight
     assert sum(1 for rid, status in seen.last.items() if status not in TERMINAL and rid in ledger) > 0
+
+    # Every response whose create was seen is in flight, finished or abandoned: nothing leaks.
+    def accounted() -> tuple[float, ...]:
+        in_flight = sample(registry, "bg_response_in_flight")
+        finished = total(registry, "bg_response_finished_total")
+        abandoned = total(registry, "bg_response_abandoned_total")
+        return in_flight, finished, abandoned, sample(registry, "bg_response_created_total", model=MODEL)
+
+    in_flight, finished, abandoned, created = accounted()
+    assert (in_flight, abandoned) == (unfinished, 0) and in_flight + finished + abandoned == created
+    clock.offset += watcher.tracker.in_flight_ttl + 1  # nobody polls them any more: an hour passes
+    watcher.sweep()
+    in_flight, finished, abandoned, created = accounted()
+    assert (in_flight, abandoned) == (0, unfinished) and in_flight + finished + abandoned == created
     assert total(registry, "bgwatch_internal_errors_total") == 0
     print(
         f"\n{total_responses} responses in {elapsed:.1f} s: {len(seen.terminal)} seen terminal,"

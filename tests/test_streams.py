@@ -146,6 +146,12 @@ class Recorder:
     def adjust_in_flight(self, delta: int) -> None:
         pass
 
+    def abandoned(self, models: object) -> None:
+        pass
+
+    def forked(self, in_flight_forgotten: int) -> None:
+        pass
+
     def internal_error(self, stage: str) -> None:
         self.errors.append(stage)
 

@@ -54,16 +54,17 @@ def test_capacity_evicts_oldest_and_corrects_in_flight() -> None:
 
 def test_ttl_expires_entries() -> None:
     clock = FakeClock()
-    tracker = Tracker(ttl_seconds=60, clock=clock)
-    tracker.observe("old", "in_progress")
+    tracker = Tracker(ttl_seconds=60, in_flight_ttl=60, clock=clock)
+    tracker.observe("old", "in_progress", model="m1")
     tracker.observe("done", "completed")
     clock.now += 61
-    transition = tracker.observe("new", "queued")
+    transition = tracker.observe("new", "queued", model="m2")
     assert transition.in_flight_delta == 0  # +1 new, -1 expired "old"
+    assert transition.abandoned == ("m1",)
     assert tracker.status_of("old") is None and tracker.status_of("done") is None
     assert tracker.stats().expired_in_flight == 1
     clock.now += 61
-    assert tracker.expire() == -1
+    assert tracker.expire() == ("m2",)
     assert tracker.in_flight == 0 and len(tracker) == 0
 
 

@@ -593,3 +593,35 @@ def test_the_simulator_sends_signed_webhooks_that_match_its_ledger(
         expected = sum(1 for o in ledger.values() if o.code == code)
         assert sample(registry, "bg_response_failed_total", code=str(code), model=MODEL) == expected, code
     assert sample(registry, "bg_response_in_flight") == 0
+
+
+def absurd_bodies(depth: int = 100_000) -> list[bytes]:
+    """Signed JSON nested far deeper than any event: alone, beside a real event's fields, under data."""
+    event = json.loads(delivery("response.failed", "resp_deep")[0])
+    deep_list = "[" * depth + "]" * depth
+    deep_object = '{"a":' * depth + "1" + "}" * depth
+    return [
+        deep_list.encode(),
+        json.dumps(event)[:-1].encode() + f', "extra": {deep_object}}}'.encode(),
+        json.dumps({**event, "data": "PLACEHOLDER"}).replace('"PLACEHOLDER"', deep_object).encode(),
+    ]
+
+
+@pytest.mark.parametrize("server", ["asgi", "wsgi"])
+def test_signed_but_absurdly_nested_payloads_are_malformed_never_a_500(
+    server: str, registry: CollectorRegistry, watcher: bgwatch.Watcher
+) -> None:
+    receiver = WebhookReceiver(secret=SECRET, watcher=watcher, max_body_bytes=4 * 1024 * 1024)
+    bodies = absurd_bodies()
+    serve = uvicorn_server(asgi_app(receiver)) if server == "asgi" else wsgiref_server(wsgi_app(receiver))
+    with serve as url:
+        for body in bodies:
+            _, headers = delivery("response.failed", "resp_deep", body=body)
+            assert post(url, body, headers) == (
+                400,
+                {"status": "rejected", "detail": "body nested too deeply", "reason": "malformed"},
+            )
+    assert rejected(registry, "malformed") == len(bodies)
+    assert rejected(registry, "error") == 0
+    assert total(registry, "bgwatch_internal_errors_total") == 0
+    assert outcomes_recorded(registry) == 0

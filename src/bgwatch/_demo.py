@@ -30,6 +30,7 @@ from typing import Any, Literal, TextIO
 import openai
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from . import _locks
 from ._wait import async_wait, wait
 from .errors import BackgroundResponseError
 from .exposition import start_metrics_server
@@ -191,7 +192,7 @@ class Tally:
     """What the workload's own code saw: returned statuses, typed exceptions, errors."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = _locks.Lock()
         self.returned: collections.Counter[str] = collections.Counter()
         self.raised: collections.Counter[str] = collections.Counter()
         self.raised_by_class: collections.Counter[str] = collections.Counter()

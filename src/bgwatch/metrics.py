@@ -11,8 +11,13 @@
 | bg_response_in_flight           | gauge     |                |
 | bgwatch_internal_errors_total   | counter   | stage          |
 | bgwatch_webhook_rejected_total  | counter   | reason         |
+| bg_response_abandoned_total     | counter   | model          |
 
-Instruments are created once per registry and shared by every watcher that uses it.
+Instruments are created once per registry and shared by every watcher that uses it. Every
+scrape of that registry first sweeps the watchers writing to it (their expired in-flight ids
+become abandoned), so the in-flight gauge is honest even when no traffic arrives.
+
+In a forked child the sink starts from zero (see :meth:`PrometheusSink.forked`).
 
 :class:`OTelMetricsSink` mirrors the same contract through the OpenTelemetry metrics API, with
 instrument names that the OpenTelemetry Prometheus exporter turns into exactly these metric
@@ -21,17 +26,24 @@ and label names (it appends ``_total`` to counters and ``_seconds`` for the unit
 
 from __future__ import annotations
 
-import threading
+import os
 import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import metrics as otel_metrics
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from . import _locks
 from ._classify import STATUSES, Observation
 from ._tracker import Transition
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from ._watcher import Watcher
 
 __all__ = ["DURATION_BUCKETS", "METRIC_NAMES", "OTelMetricsSink", "PrometheusSink", "ResponseLabels"]
 
@@ -66,6 +78,7 @@ METRIC_NAMES: Final = (
     "bg_response_in_flight",
     "bgwatch_internal_errors_total",
     "bgwatch_webhook_rejected_total",
+    "bg_response_abandoned_total",
 )
 
 
@@ -94,10 +107,14 @@ _HELP: Final[dict[str, str]] = {
     "bgwatch_webhook_rejected": (
         "Webhook deliveries refused (forged, stale, replayed, malformed, overloaded); never outcomes."
     ),
+    "bg_response_abandoned": (
+        "Background responses that left tracking without a terminal state seen (unobserved for"
+        " in_flight_ttl, or evicted by the size cap); they leave bg_response_in_flight then."
+    ),
 }
 
 _sinks: weakref.WeakKeyDictionary[CollectorRegistry, PrometheusSink] = weakref.WeakKeyDictionary()
-_sinks_lock = threading.Lock()
+_sinks_lock = _locks.Lock()
 
 
 class PrometheusSink:
@@ -109,6 +126,11 @@ class PrometheusSink:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._pid = os.getpid()
+        self._sweep_lock = _locks.Lock()
+        self._sweep_watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
+        # Registered before the instruments: a scrape sweeps first, then reads the values.
+        registry.register(_SweepOnCollect(self))
         self.failed = Counter(
             "bg_response_failed",
             _HELP["bg_response_failed"],
@@ -158,19 +180,45 @@ class PrometheusSink:
             ["stage"],
             registry=registry,
         )
-        # Label children of the per-call counters, looked up once (bounded label values). The
-        # poll statuses exist from the start at 0, so that rate() and increase() see the first
-        # increment (a series born at 1 looks like it never moved).
-        self._polls: dict[str, Counter] = {status: self.polls.labels(status) for status in STATUSES}
-        self._created: dict[str, Counter] = {}
         self.webhook_rejections = Counter(
             "bgwatch_webhook_rejected",
             _HELP["bgwatch_webhook_rejected"],
             ["reason"],
             registry=registry,
         )
+        self.abandoned_responses = Counter(
+            "bg_response_abandoned",
+            _HELP["bg_response_abandoned"],
+            ["model"],
+            registry=registry,
+        )
+        self._polls: dict[str, Counter] = {}
+        self._created: dict[str, Counter] = {}
+        self._zero_series()
+
+    def _zero_series(self) -> None:
+        # Label children of the per-call counters, looked up once (bounded label values). The
+        # poll statuses exist from the start at 0, so that rate() and increase() see the first
+        # increment (a series born at 1 looks like it never moved).
+        self._polls = {status: self.polls.labels(status) for status in STATUSES}
+        self._created = {}
         for stage in INTERNAL_ERROR_STAGES:  # at 0 from the start too
             self.internal_errors.labels(stage)
+
+    @property
+    def _instruments(self) -> tuple[Any, ...]:
+        return (
+            self.failed,
+            self.incomplete,
+            self.finished,
+            self.created,
+            self.polls,
+            self.duration,
+            self.in_flight,
+            self.internal_errors,
+            self.webhook_rejections,
+            self.abandoned_responses,
+        )
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry | None = None) -> PrometheusSink:
@@ -218,6 +266,7 @@ class PrometheusSink:
             created = self._created.get(labels.model)
             if created is None:  # model labels are capped, so is this
                 created = self._created[labels.model] = self.created.labels(labels.model)
+                self.abandoned_responses.labels(labels.model)  # at 0 from its model's first create
             created.inc()
         if not transition.finished:
             return
@@ -234,6 +283,43 @@ class PrometheusSink:
         if delta:
             self.in_flight.inc(delta)
 
+    def abandoned(self, models: Sequence[str]) -> None:
+        """Count responses that left tracking without a terminal state (bounded model labels)."""
+        for model in models:
+            self.abandoned_responses.labels(model).inc()
+
+    def sweep_at_collect(self, watcher: Watcher) -> None:
+        """Sweep ``watcher`` (weakly held) at every scrape of this sink's registry."""
+        with self._sweep_lock:
+            self._sweep_watchers.add(watcher)
+
+    def _sweep(self) -> None:
+        with self._sweep_lock:
+            watchers = list(self._sweep_watchers)
+        for watcher in watchers:
+            watcher.sweep()
+
+    def forked(self, in_flight_forgotten: int) -> None:
+        """In a forked child: every bgwatch series starts from zero, once per process.
+
+        The child is a new process: the parent's counts stay the parent's (in multiprocess
+        mode prometheus_client starts the child's own files anyway; without it, the copied
+        values would be counted twice by anyone summing over processes). The locks of these
+        instruments are prometheus_client's, not ours: a thread of the parent may have held
+        one at the fork, so the child replaces them before touching the instruments.
+        """
+        pid = os.getpid()
+        if pid == self._pid:
+            return
+        self._pid = pid
+        _renew_prometheus_locks(self._instruments)
+        for instrument in self._instruments:
+            if instrument is self.in_flight:
+                instrument.set(0)
+            else:
+                instrument.clear()
+        self._zero_series()
+
     def internal_error(self, stage: str) -> None:
         """Count an error caught inside bgwatch."""
         self.internal_errors.labels(stage).inc()
@@ -241,6 +327,40 @@ class PrometheusSink:
     def webhook_rejected(self, reason: str) -> None:
         """Count a refused webhook delivery (``reason`` is one of a fixed, bounded set)."""
         self.webhook_rejections.labels(reason).inc()
+
+
+class _SweepOnCollect:
+    """A collector without metrics: collecting it sweeps the sink's watchers (see module doc)."""
+
+    def __init__(self, sink: PrometheusSink) -> None:
+        self._sink = weakref.ref(sink)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        sink = self._sink()
+        if sink is not None:
+            sink._sweep()  # Watcher.sweep never raises
+        return []
+
+
+def _renew_prometheus_locks(instruments: Iterable[Any]) -> None:
+    """Give prometheus_client objects fresh locks in a forked child (where found; best effort)."""
+    lock_type = _locks.PLAIN_LOCK_TYPE
+    for instrument in instruments:
+        for owner in (instrument, getattr(instrument, "_value", None)):
+            if isinstance(getattr(owner, "_lock", None), lock_type):
+                _locks.replace_foreign_lock(owner, "_lock")
+    try:  # multiprocess mode: one lock for every value, a closure variable of its value class
+        from prometheus_client import values
+
+        init: Any = values.ValueClass.__init__
+        for name, cell in zip(init.__code__.co_freevars, init.__closure__ or (), strict=False):
+            if name == "lock" and isinstance(cell.cell_contents, lock_type):
+                cell.cell_contents = _locks.fresh_foreign_lock()
+    except Exception:  # pragma: no cover - another prometheus_client layout: nothing to renew
+        pass
 
 
 _otel_sinks: weakref.WeakKeyDictionary[otel_metrics.MeterProvider, OTelMetricsSink] = weakref.WeakKeyDictionary()
@@ -305,6 +425,12 @@ class OTelMetricsSink:
             unit="{delivery}",
             description=_HELP["bgwatch_webhook_rejected"],
         )
+        self.abandoned_responses = meter.create_counter(
+            "bg_response_abandoned",
+            unit="{response}",
+            description=_HELP["bg_response_abandoned"],
+        )
+        self._models_created: set[str] = set()
         # The same zero-valued series as the Prometheus sink, so both paths expose one shape.
         for stage in INTERNAL_ERROR_STAGES:
             self.internal_errors.add(0, {"stage": stage})
@@ -340,6 +466,9 @@ class OTelMetricsSink:
             self.in_flight.add(transition.in_flight_delta)
         if transition.new and observation.call == "create":
             self.created.add(1, {"model": labels.model})
+            if labels.model not in self._models_created:  # model labels are capped, so is this
+                self._models_created.add(labels.model)
+                self.abandoned_responses.add(0, {"model": labels.model})
         if not transition.finished:
             return
         self.finished.add(1, {"status": labels.status, "model": labels.model})
@@ -354,6 +483,20 @@ class OTelMetricsSink:
         """Apply an in-flight change that happened outside an observation (TTL sweep)."""
         if delta:
             self.in_flight.add(delta)
+
+    def abandoned(self, models: Sequence[str]) -> None:
+        """Count responses that left tracking without a terminal state (bounded model labels)."""
+        for model in models:
+            self.abandoned_responses.add(1, {"model": model})
+
+    def forked(self, in_flight_forgotten: int) -> None:
+        """In a forked child: take the ids the child's watcher forgot out of in-flight.
+
+        The OpenTelemetry API cannot reset the SDK's aggregated counters (copied from the
+        parent); give the child its own MeterProvider when its OTel counts must start at zero.
+        """
+        if in_flight_forgotten:
+            self.in_flight.add(-in_flight_forgotten)
 
     def internal_error(self, stage: str) -> None:
         """Count an error caught inside bgwatch."""

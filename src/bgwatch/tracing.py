@@ -39,9 +39,8 @@ or key is ever put on a span; error messages only with ``capture_error_messages=
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Final
 
@@ -50,7 +49,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
+from . import _locks
 from ._classify import CallKind, Observation, _parse_json
+from ._safe_log import describe
 from ._tracker import Attachment, Transition
 from .metrics import ResponseLabels
 
@@ -425,6 +426,12 @@ class Tracing:
     def adjust_in_flight(self, delta: int) -> None:
         """Nothing to do: dropped lifecycle spans are ended by the tracker (Sink protocol)."""
 
+    def abandoned(self, models: Sequence[str]) -> None:
+        """Nothing to do: abandoned lifecycle spans are ended by the tracker (Sink protocol)."""
+
+    def forked(self, in_flight_forgotten: int) -> None:
+        """Nothing to do: the parent's lifecycle spans stay the parent's to end (Sink protocol)."""
+
     def internal_error(self, stage: str) -> None:
         """Nothing to do: internal errors are metrics (Sink protocol)."""
 
@@ -455,7 +462,7 @@ class Tracing:
 
 
 def _log_error(stage: str, exc: BaseException) -> None:
-    log.debug("bgwatch tracing error at stage %r", stage, exc_info=exc)
+    log.debug("bgwatch tracing error at stage %r: %s", stage, describe(exc))
 
 
 def _current_link(call: str) -> Link | None:
@@ -477,7 +484,7 @@ class _Lifecycle:
 
     def __init__(self, tracing: Tracing) -> None:
         self._tracing = tracing
-        self._lock = threading.Lock()
+        self._lock = _locks.unregistered_lock()  # per response: a forked child never reaches it
         self._span: Span | None = None
         self._ended = False
         self._last_status: str | None = None
