@@ -6,6 +6,7 @@ or an ``await``, so it is safe from threads and from asyncio tasks alike.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 import threading
@@ -39,12 +40,28 @@ class Attachment(Protocol):
 
 
 class _Entry:
-    __slots__ = ("attachment", "first_seen", "status")
+    __slots__ = ("attachment", "created_at", "first_seen", "queued", "response_id", "status")
 
-    def __init__(self, first_seen: float, status: str, attachment: Attachment | None = None) -> None:
+    def __init__(
+        self,
+        first_seen: float,
+        status: str,
+        attachment: Attachment | None = None,
+        created_at: float = 0.0,
+        response_id: str = "",
+    ) -> None:
         self.first_seen = first_seen
         self.status = status
         self.attachment = attachment
+        self.created_at = created_at
+        """Wall-clock start of the response (see :meth:`Tracker.observe`), for queue wait and age."""
+        self.queued = status == "queued"
+        """Seen queued and not yet seen past the queue: its queue wait is still to be measured."""
+        self.response_id = response_id
+        """The key of this entry (the same string object): tells a live heap item from a stale one."""
+
+    def __lt__(self, other: _Entry) -> bool:  # heap order: oldest start first
+        return self.created_at < other.created_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +79,11 @@ class Transition:
     """Change of the in-flight count, evictions and expiries included: apply it atomically."""
     attachment: Attachment | None = None
     """The entry's attachment (see :meth:`Tracker.observe`); None once the id is terminal."""
+    queue_seconds: float | None = None
+    """Set on the one observation that first saw the response past ``queued`` (``in_progress``,
+    or terminal when ``in_progress`` was never seen): seconds from its start to now, >= 0.
+    None on every other observation, and for responses whose queued phase this tracker did not
+    see from the start (first seen already running, from a poll or a webhook)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +126,27 @@ class Tracker:
         self._in_flight = 0
         self._evicted_in_flight = 0
         self._expired_in_flight = 0
+        # Entries that were in flight when added, a min-heap by created_at for the oldest in
+        # flight at scrape time. Entries that finished or left the map are dropped lazily when
+        # they reach the top, and filtered out when they pile up, so eviction and expiry never
+        # touch the heap. It holds references only (8 bytes per item).
+        self._by_start: list[_Entry] = []
 
-    def observe(self, response_id: str, status: str, attach: Callable[[], Attachment] | None = None) -> Transition:
+    def observe(
+        self,
+        response_id: str,
+        status: str,
+        attach: Callable[[], Attachment] | None = None,
+        *,
+        created_at: float | None = None,
+        from_start: bool = False,
+    ) -> Transition:
         """Record that ``response_id`` was seen with ``status`` and say what that changed.
+
+        ``created_at`` (wall-clock seconds) is when the response started, as well as the caller
+        knows; a new entry without it starts now. ``from_start`` says that this observation is
+        the answer to the create itself: a response that is already past ``queued`` there has
+        its queue wait measured at once (see :attr:`Transition.queue_seconds`).
 
         ``attach`` makes the entry's :class:`Attachment` the first time it is asked for while
         the id is in flight (once per entry, whatever the threads). The attachment comes back
@@ -118,7 +158,9 @@ class Tracker:
         dropped: list[tuple[Attachment, str]] = []
         try:
             with self._lock:
-                return self._observe(response_id, status, now, attach, dropped)
+                return self._observe(
+                    response_id, status, now, attach, dropped, created_at=created_at, from_start=from_start
+                )
         finally:
             for attachment, reason in dropped:
                 _tell_dropped(attachment, reason)
@@ -130,6 +172,9 @@ class Tracker:
         now: float,
         attach: Callable[[], Attachment] | None,
         dropped: list[tuple[Attachment, str]],
+        *,
+        created_at: float | None,
+        from_start: bool,
     ) -> Transition:
         terminal = status in TERMINAL_STATUSES
         before = self._in_flight
@@ -137,25 +182,33 @@ class Tracker:
         entry = self._entries.get(response_id)
         if entry is None:
             attachment = _make_attachment(attach)
-            self._entries[response_id] = _Entry(now, status, None if terminal else attachment)
+            wall = self._to_wall(now, now)
+            start = wall if created_at is None else created_at
+            entry = _Entry(now, status, None if terminal else attachment, start, response_id)
+            self._entries[response_id] = entry
             if not terminal:
                 self._in_flight += 1
+                self._push_start(entry)
             if len(self._entries) > self.max_tracked:
                 self._evict_oldest(dropped)
-            wall = self._to_wall(now, now)
-            return Transition(True, terminal, None, wall, self._in_flight - before, attachment)
+            queue = max(0.0, wall - start) if from_start and not entry.queued else None
+            return Transition(True, terminal, None, wall, self._in_flight - before, attachment, queue)
         previous = entry.status
         first_seen = self._to_wall(entry.first_seen, now)
         if previous in TERMINAL_STATUSES:
             return Transition(False, False, previous, first_seen, self._in_flight - before)
         entry.status = status
+        queue = None
+        if entry.queued and status != "queued":  # the first sight past the queue, once per entry
+            entry.queued = False
+            queue = max(0.0, self._wall_clock() - entry.created_at)
         attachment = entry.attachment
         if attachment is None:
             attachment = entry.attachment = _make_attachment(attach)
         if terminal:
             self._in_flight -= 1
             entry.attachment = None  # handed over in this transition; a terminal id holds nothing
-        return Transition(False, terminal, previous, first_seen, self._in_flight - before, attachment)
+        return Transition(False, terminal, previous, first_seen, self._in_flight - before, attachment, queue)
 
     def status_of(self, response_id: str) -> str | None:
         """The last status recorded for an id, or None when it is not tracked."""
@@ -189,6 +242,32 @@ class Tracker:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+    def oldest_in_flight_created_at(self) -> float | None:
+        """The ``created_at`` (wall clock) of the oldest response still in flight, or None.
+
+        Amortized O(log n): stale heap items are popped as they surface.
+        """
+        with self._lock:
+            heap = self._by_start
+            while heap:
+                if self._live(heap[0]):
+                    return heap[0].created_at
+                heapq.heappop(heap)
+            return None
+
+    def _live(self, entry: _Entry) -> bool:
+        return entry.status not in TERMINAL_STATUSES and self._entries.get(entry.response_id) is entry
+
+    def _push_start(self, entry: _Entry) -> None:
+        heap = self._by_start
+        if len(heap) >= self._in_flight + (self._in_flight >> 2) + 256:
+            # A fifth or more is stale (finished, evicted, expired): keep the live ones. O(heap)
+            # once per in_flight / 4 pushes, so O(1) per push; stale items pin evicted entries
+            # only that long.
+            heap[:] = [item for item in heap if self._live(item)]
+            heapq.heapify(heap)
+        heapq.heappush(heap, entry)
 
     def _to_wall(self, monotonic_time: float, now: float) -> float:
         return self._wall_clock() - (now - monotonic_time)

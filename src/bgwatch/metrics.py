@@ -11,6 +11,9 @@
 | bg_response_in_flight           | gauge     |                |
 | bgwatch_internal_errors_total   | counter   | stage          |
 | bgwatch_webhook_rejected_total  | counter   | reason         |
+| bg_response_queue_seconds       | histogram | model          |
+| bg_response_oldest_in_flight_seconds | gauge |              |
+| bg_response_tokens_total        | counter   | type, status, model |
 
 Instruments are created once per registry and shared by every watcher that uses it.
 
@@ -22,7 +25,9 @@ and label names (it appends ``_total`` to counters and ``_seconds`` for the unit
 from __future__ import annotations
 
 import threading
+import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -30,10 +35,17 @@ from opentelemetry import metrics as otel_metrics
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from ._classify import STATUSES, Observation
-from ._tracker import Transition
+from ._tracker import Tracker, Transition
 from .errors import ConfigurationError
 
-__all__ = ["DURATION_BUCKETS", "METRIC_NAMES", "OTelMetricsSink", "PrometheusSink", "ResponseLabels"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "METRIC_NAMES",
+    "QUEUE_BUCKETS",
+    "OTelMetricsSink",
+    "PrometheusSink",
+    "ResponseLabels",
+]
 
 DURATION_BUCKETS: Final[tuple[float, ...]] = (
     1.0,
@@ -53,6 +65,24 @@ DURATION_BUCKETS: Final[tuple[float, ...]] = (
 )
 """Seconds from ``created_at`` to the terminal state: background responses run up to hours."""
 
+QUEUE_BUCKETS: Final[tuple[float, ...]] = (
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+"""Seconds a background response waited ``queued``: from well under a second to an hour."""
+
 INTERNAL_ERROR_STAGES: Final = ("request", "classify", "record", "stream", "sink", "trace", "webhook", "other")
 """The bounded ``stage`` label values of ``bgwatch_internal_errors_total``."""
 
@@ -66,6 +96,9 @@ METRIC_NAMES: Final = (
     "bg_response_in_flight",
     "bgwatch_internal_errors_total",
     "bgwatch_webhook_rejected_total",
+    "bg_response_queue_seconds",
+    "bg_response_oldest_in_flight_seconds",
+    "bg_response_tokens_total",
 )
 
 
@@ -94,7 +127,43 @@ _HELP: Final[dict[str, str]] = {
     "bgwatch_webhook_rejected": (
         "Webhook deliveries refused (forged, stale, replayed, malformed, overloaded); never outcomes."
     ),
+    "bg_response_queue": (
+        "Seconds from created_at to the first sight of in_progress (or of the end, if never seen running);"
+        " resolution: the poll interval."
+    ),
+    "bg_response_oldest_in_flight": "Age (now - created_at) of the oldest background response in flight; 0: none.",
+    "bg_response_tokens": "Tokens of each finished background response's usage, by type and terminal status.",
 }
+
+
+class _OldestInFlight:
+    """The trackers feeding one sink, and the age of their oldest in-flight response.
+
+    Several watchers may share a sink (one registry), each with its own tracker: the gauge is
+    the oldest over all of them. Trackers are held weakly, so a dropped watcher drops out.
+    """
+
+    def __init__(self) -> None:
+        self._trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+    def add(self, tracker: Tracker) -> None:
+        self._trackers.add(tracker)
+
+    def age(self) -> float:
+        """Seconds since the oldest in-flight response started; 0.0 when none is in flight."""
+        starts = [
+            start for tracker in list(self._trackers) if (start := tracker.oldest_in_flight_created_at()) is not None
+        ]
+        return max(0.0, time.time() - min(starts)) if starts else 0.0
+
+
+def _token_counts(observation: Observation) -> Iterable[tuple[str, int]]:
+    """``(type, tokens)`` of a terminal observation's ``usage``, for the types it carried."""
+    if observation.input_tokens is not None:
+        yield "input", observation.input_tokens
+    if observation.output_tokens is not None:
+        yield "output", observation.output_tokens
+
 
 _sinks: weakref.WeakKeyDictionary[CollectorRegistry, PrometheusSink] = weakref.WeakKeyDictionary()
 _sinks_lock = threading.Lock()
@@ -171,6 +240,29 @@ class PrometheusSink:
         )
         for stage in INTERNAL_ERROR_STAGES:  # at 0 from the start too
             self.internal_errors.labels(stage)
+        self.queue = Histogram(
+            "bg_response_queue_seconds",
+            _HELP["bg_response_queue"],
+            ["model"],
+            buckets=QUEUE_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "bg_response_tokens",
+            _HELP["bg_response_tokens"],
+            ["type", "status", "model"],
+            registry=registry,
+        )
+        # Computed at scrape time from the trackers. prometheus_client's multiprocess mode
+        # exports only values written to its files, never a callback: there the gauge stays 0.
+        self._oldest = _OldestInFlight()
+        self.oldest_in_flight = Gauge(
+            "bg_response_oldest_in_flight_seconds",
+            _HELP["bg_response_oldest_in_flight"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.oldest_in_flight.set_function(self._oldest_age)
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry | None = None) -> PrometheusSink:
@@ -197,6 +289,17 @@ class PrometheusSink:
                 _sinks[registry] = sink
             return sink
 
+    def watch_tracker(self, tracker: Tracker) -> None:
+        """Include ``tracker``'s in-flight responses in ``bg_response_oldest_in_flight_seconds``."""
+        self._oldest.add(tracker)
+
+    def _oldest_age(self) -> float:
+        try:
+            return self._oldest.age()
+        except Exception:  # a scrape must never fail because of us
+            self.internal_error("sink")
+            return 0.0
+
     def observed(
         self,
         observation: Observation,
@@ -219,8 +322,12 @@ class PrometheusSink:
             if created is None:  # model labels are capped, so is this
                 created = self._created[labels.model] = self.created.labels(labels.model)
             created.inc()
+        if transition.queue_seconds is not None:
+            self.queue.labels(labels.model).observe(transition.queue_seconds)
         if not transition.finished:
             return
+        for token_type, count in _token_counts(observation):
+            self.tokens.labels(token_type, labels.status, labels.model).inc(count)
         self.finished.labels(labels.status, labels.model).inc()
         if labels.code is not None:
             self.failed.labels(labels.code, labels.model).inc()
@@ -305,6 +412,24 @@ class OTelMetricsSink:
             unit="{delivery}",
             description=_HELP["bgwatch_webhook_rejected"],
         )
+        self.queue = meter.create_histogram(
+            "bg_response_queue",
+            unit="s",
+            description=_HELP["bg_response_queue"],
+            explicit_bucket_boundaries_advisory=list(QUEUE_BUCKETS),
+        )
+        self.tokens = meter.create_counter(
+            "bg_response_tokens",
+            unit="{token}",
+            description=_HELP["bg_response_tokens"],
+        )
+        self._oldest = _OldestInFlight()
+        self.oldest_in_flight = meter.create_observable_gauge(
+            "bg_response_oldest_in_flight",
+            callbacks=[self._observe_oldest],
+            unit="s",
+            description=_HELP["bg_response_oldest_in_flight"],
+        )
         # The same zero-valued series as the Prometheus sink, so both paths expose one shape.
         for stage in INTERNAL_ERROR_STAGES:
             self.internal_errors.add(0, {"stage": stage})
@@ -324,6 +449,18 @@ class OTelMetricsSink:
                 sink = _otel_sinks[provider] = cls(provider)
             return sink
 
+    def watch_tracker(self, tracker: Tracker) -> None:
+        """Include ``tracker``'s in-flight responses in ``bg_response_oldest_in_flight``."""
+        self._oldest.add(tracker)
+
+    def _observe_oldest(self, options: otel_metrics.CallbackOptions) -> Iterable[otel_metrics.Observation]:
+        try:
+            age = self._oldest.age()
+        except Exception:  # a collection must never fail because of us
+            self.internal_error("sink")
+            age = 0.0
+        return (otel_metrics.Observation(age),)
+
     def observed(
         self,
         observation: Observation,
@@ -340,8 +477,12 @@ class OTelMetricsSink:
             self.in_flight.add(transition.in_flight_delta)
         if transition.new and observation.call == "create":
             self.created.add(1, {"model": labels.model})
+        if transition.queue_seconds is not None:
+            self.queue.record(transition.queue_seconds, {"model": labels.model})
         if not transition.finished:
             return
+        for token_type, count in _token_counts(observation):
+            self.tokens.add(count, {"type": token_type, "status": labels.status, "model": labels.model})
         self.finished.add(1, {"status": labels.status, "model": labels.model})
         if labels.code is not None:
             self.failed.add(1, {"code": labels.code, "model": labels.model})
