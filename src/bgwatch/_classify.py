@@ -304,8 +304,12 @@ def parse_response_prefix(body: bytes, content_encoding: str | None = None) -> d
         if not isinstance(parsed, dict):
             return None
         found = _complete_keys(parsed, complete)
-        if complete or "output" in found or _WANTED.issubset(found):
+        if complete:
             return found
+        if ("output" in found or _WANTED.issubset(found)) and (
+            found.get("status") not in TERMINAL_STATUSES or "usage" in found
+        ):
+            return found  # a terminal body must be read up to its ``usage``, after ``output``
         if found.get("object", "response") != "response":
             return found  # decided: not a response, no need to read further
     return None  # pragma: no cover - the loop always ends on a complete parse
