@@ -137,12 +137,21 @@ def test_wrong_types_are_treated_as_absent() -> None:
 
 
 def test_huge_body_is_classified_from_its_prefix() -> None:
-    body = response_body("resp_big", "failed", code="server_error", output_text="x" * 5_000_000)
+    body = response_body("resp_big", "in_progress", output_text="x" * 5_000_000)
     raw = encode(body)
     fields = parse_response_prefix(raw)
     assert fields is not None and "output" not in fields  # the rest of the body was never parsed
     obs = classify_body("retrieve", 200, raw)
+    assert obs is not None and obs.status == "in_progress"
+
+
+def test_a_huge_terminal_body_is_read_up_to_its_usage() -> None:
+    # usage comes after output: read once per response, on the terminal observation (issue 15)
+    body = response_body("resp_big", "failed", code="server_error", output_text="x" * 5_000_000)
+    body["usage"] = {"input_tokens": 7, "output_tokens": 1_250_000, "total_tokens": 1_250_007}
+    obs = classify_body("retrieve", 200, encode(body))
     assert obs is not None and obs.error_code == "server_error"
+    assert (obs.input_tokens, obs.output_tokens) == (7, 1_250_000)
 
 
 def test_fields_after_long_instructions_are_still_found() -> None:
