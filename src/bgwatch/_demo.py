@@ -211,7 +211,7 @@ def _ledger_counts(sim: Any) -> Counts:
         len(outcomes),
         polls,
         len(outcomes) - len(ledger),
-        dict(tokens),
+        {kind: n for kind, n in tokens.items() if n},  # as bgwatch's increase: no zero rows
         len(shown),
     )
 
