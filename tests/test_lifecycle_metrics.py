@@ -9,14 +9,19 @@ agree: tokens exactly, queue waits in count exactly and in sum within the loopba
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 import bgwatch
 from bgwatch.simulator import Mix, Outcome, Simulator
@@ -187,3 +192,36 @@ def test_oldest_in_flight_is_the_age_of_the_oldest_response_at_scrape_time() -> 
                 status = client.responses.retrieve(created_response.id).status
     assert oldest() == 0.0
     assert watcher.tracker.in_flight == 0
+
+
+WORKER = """
+import sys, time, openai, bgwatch
+base_url, hold = sys.argv[1], float(sys.argv[2])
+client = openai.OpenAI(base_url=base_url, api_key="sk-test", http_client=bgwatch.http_client())
+response = client.responses.create(model="m", input="x", background=True)
+time.sleep(hold)
+client.responses.retrieve(response.id)  # still queued: refreshes this worker's age in its file
+"""
+
+
+def test_oldest_in_flight_in_multiprocess_mode_is_the_max_over_workers_at_their_last_observation(
+    tmp_path: Path,
+) -> None:
+    # prometheus_client's multiprocess mode cannot call back at scrape time: each worker writes
+    # its age at every observation (livemax), so the aggregate is as of each one's last.
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    with Simulator(durations=(60.0, 60.0), queue_seconds=(30.0, 30.0)) as sim:
+        for hold in ("0.1", "0.7"):
+            subprocess.run([sys.executable, "-c", WORKER, sim.base_url, hold], env=env, timeout=60, check=True)
+
+    def aggregate() -> float | None:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+        return registry.get_sample_value("bg_response_oldest_in_flight_seconds")
+
+    # The second worker's response was 0.7 s old at its last observation (created_at is whole
+    # seconds; the start is the create's answer, so no second is lost).
+    assert aggregate() == pytest.approx(0.7, abs=0.2)
+    for path in tmp_path.glob("gauge_livemax_*.db"):  # what mark_process_dead() does for a worker
+        path.unlink()
+    assert aggregate() is None

@@ -33,6 +33,7 @@ from typing import Final
 
 from opentelemetry import metrics as otel_metrics
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import values as _prometheus_values
 
 from ._classify import STATUSES, Observation
 from ._tracker import Tracker, Transition
@@ -254,7 +255,8 @@ class PrometheusSink:
             registry=registry,
         )
         # Computed at scrape time from the trackers. prometheus_client's multiprocess mode
-        # exports only values written to its files, never a callback: there the gauge stays 0.
+        # exports only values written to its files, never a callback: there each worker writes
+        # the age at each of its observations, and the aggregate is the max over live workers.
         self._oldest = _OldestInFlight()
         self.oldest_in_flight = Gauge(
             "bg_response_oldest_in_flight_seconds",
@@ -262,7 +264,9 @@ class PrometheusSink:
             registry=registry,
             multiprocess_mode="livemax",
         )
-        self.oldest_in_flight.set_function(self._oldest_age)
+        self._oldest_in_files = bool(getattr(_prometheus_values.ValueClass, "_multiprocess", False))
+        if not self._oldest_in_files:
+            self.oldest_in_flight.set_function(self._oldest_age)
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry | None = None) -> PrometheusSink:
@@ -317,6 +321,8 @@ class PrometheusSink:
             return
         if transition.in_flight_delta:
             self.in_flight.inc(transition.in_flight_delta)
+        if self._oldest_in_files:
+            self.oldest_in_flight.set(self._oldest_age())
         if transition.new and observation.call == "create":
             created = self._created.get(labels.model)
             if created is None:  # model labels are capped, so is this
@@ -340,6 +346,8 @@ class PrometheusSink:
         """Apply an in-flight change that happened outside an observation (TTL sweep)."""
         if delta:
             self.in_flight.inc(delta)
+        if self._oldest_in_files:
+            self.oldest_in_flight.set(self._oldest_age())
 
     def internal_error(self, stage: str) -> None:
         """Count an error caught inside bgwatch."""
