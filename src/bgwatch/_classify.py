@@ -289,30 +289,37 @@ def parse_response_prefix(body: bytes, content_encoding: str | None = None) -> d
     """
     decoded = _DecodedPrefix(body, content_encoding)
     head = _fields_before_output(decoded.before(b'"output"', _PREFIX_STEPS[0]))
-    if head is not None and head.get("status") not in TERMINAL_STATUSES:
-        return head  # a terminal body is read whole: its ``usage`` comes after ``output``
+    if head is not None and not _is_terminal(head.get("status")):
+        return head
+    # A terminal body is read up to its ``usage``, after ``output``; what was found without it
+    # still stands when the rest cannot be parsed (nested too deeply, say).
+    without_usage = head
     for step in (*_PREFIX_STEPS, None):
         data, complete = decoded.get(step)
         if data.lstrip()[:1] != b"{":
-            return None
+            return without_usage  # a BOM, say: only the closed head parsed (through json)
         try:
             parsed = _parse_json(data, partial=not complete)
         except ValueError:
             if complete:
-                return None
+                return without_usage
             continue
         if not isinstance(parsed, dict):
             return None
         found = _complete_keys(parsed, complete)
         if complete:
             return found
-        if ("output" in found or _WANTED.issubset(found)) and (
-            found.get("status") not in TERMINAL_STATUSES or "usage" in found
-        ):
-            return found  # a terminal body must be read up to its ``usage``, after ``output``
-        if found.get("object", "response") != "response":
+        if "output" in found or _WANTED.issubset(found):
+            if not _is_terminal(found.get("status")) or "usage" in found:
+                return found
+            without_usage = found
+        elif found.get("object", "response") != "response":
             return found  # decided: not a response, no need to read further
     return None  # pragma: no cover - the loop always ends on a complete parse
+
+
+def _is_terminal(status: Any) -> bool:
+    return isinstance(status, str) and status in TERMINAL_STATUSES
 
 
 def _str(value: Any, limit: int = 256) -> str | None:
