@@ -176,6 +176,8 @@ def test_demo_run_matched_its_ledger(run: Run) -> None:
     assert summary["errors"] == {}
     assert summary["faults_injected"] > 0  # retried by the SDK and the wait, counted once
     assert ledger["created"] == RESPONSES and sum(ledger["finished"].values()) == RESPONSES
+    assert ledger["queue_waits"] == RESPONSES and summary["queue_wait"]["ledger_seconds"] > 0
+    assert {kind.split()[1] for kind in ledger["tokens"]} == {"completed", "failed", "incomplete", "cancelled"}
     assert run.exit_status == 0  # --keep-serving, stopped with SIGTERM: exits with the match status
     # The preconditions of EXPECTED_ALERT_CODES (a changed simulator draw shows up here first).
     assert set(ledger["failed"]) == set(CODES)
@@ -227,6 +229,32 @@ def test_other_counts_at_the_last_scrape_equal_the_ledger(run: Run, expr: str, l
         assert counted == {k: float(v) for k, v in expected.items()}
     else:
         assert counted == {"": float(expected)}
+
+
+def test_tokens_by_type_and_status_at_the_last_scrape_equal_the_ledger(run: Run) -> None:
+    result = run.prom.query(f'sum by (type, status) (bg_response_tokens_total{{job="{JOB}"}})', at=run.at)
+    counted = {f"{s['metric']['type']} {s['metric']['status']}": float(s["value"][1]) for s in result}
+    assert {k: v for k, v in counted.items() if v} == {k: float(v) for k, v in run.ledger["tokens"].items()}
+
+
+def test_queue_wait_at_the_last_scrape_equals_the_demo_and_the_ledger(run: Run) -> None:
+    selector = f'{{job="{JOB}"}}'
+    count = run.prom.query_value(f"sum(bg_response_queue_seconds_count{selector})", at=run.at)
+    total = run.prom.query_value(f"sum(bg_response_queue_seconds_sum{selector})", at=run.at)
+    queue = run.summary["queue_wait"]
+    assert count == run.ledger["queue_waits"]  # one wait per response, every one seen past queued
+    assert total == pytest.approx(queue["bgwatch_seconds"], rel=1e-9)  # what the demo read in-process
+    assert abs(total - queue["ledger_seconds"]) <= queue["tolerance_seconds"]
+    # Polling sees the end of the queue up to a poll late, never early (less a round trip each).
+    assert total >= queue["really_queued_seconds"] - queue["tolerance_seconds"]
+
+
+def test_oldest_in_flight_rose_during_the_run_and_is_zero_at_the_end(run: Run) -> None:
+    selector = f'bg_response_oldest_in_flight_seconds{{job="{JOB}"}}'
+    assert run.prom.query_value(f"sum({selector})", at=run.at) == 0.0
+    highest = run.prom.query_value(f"max(max_over_time({selector}[{run.rate_interval}]))", at=run.at)
+    # responses run 0.5-3 s (queue included); HTTP faults and their retries add a little
+    assert highest is not None and 0.5 < highest < 30
 
 
 # --------------------------------------------------------------------------- dashboards

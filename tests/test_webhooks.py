@@ -122,6 +122,8 @@ def test_without_follow_up_a_webhook_counts_at_once_with_code_unknown(
         assert sample(registry, "bg_response_failed_total", code="unknown", model="unknown") == 1
     if status == "incomplete":
         assert sample(registry, "bg_response_incomplete_total", reason="unknown", model="unknown") == 1
+    # no body: no tokens (a follow-up retrieve brings them)
+    assert total(registry, "bg_response_tokens_total") == 0
     # no start time is known: no duration is made up, and a webhook is never a poll
     assert total(registry, "bg_response_duration_seconds_count") == 0
     assert total(registry, "bg_response_polls_total") == 0
@@ -286,6 +288,13 @@ def test_follow_up_retrieve_supplies_the_code_and_counts_once(
     assert outcomes_recorded(registry) == 1
     assert sample(registry, "bg_response_duration_seconds_count", status="failed", model=MODEL) == 1
     assert total(registry, "bg_response_polls_total") == 1
+    # the follow-up's body carries the usage: the tokens the failed response cost, as the ledger says
+    outcome = sim.ledger()[response_id]
+    for kind, tokens in (("input", outcome.input_tokens), ("output", outcome.output_tokens)):
+        assert sample(registry, "bg_response_tokens_total", type=kind, status="failed", model=MODEL) == tokens
+    assert outcome.input_tokens > 0
+    # first seen finished: no queue wait is made up
+    assert total(registry, "bg_response_queue_seconds_count") == 0
     receiver.close()
 
 

@@ -7,6 +7,7 @@ forked children alike.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 import time
@@ -47,9 +48,18 @@ class Attachment(Protocol):
 class _Entry(Stamped):
     """What the tracker knows about one response id (more fields may join; keep it slotted)."""
 
-    __slots__ = ("attachment", "first_seen", "model", "status")
+    __slots__ = ("attachment", "created_at", "first_seen", "model", "queued", "response_id", "status")
 
-    def __init__(self, first_seen: float, status: str, model: str, attachment: Attachment | None = None) -> None:
+    def __init__(
+        self,
+        first_seen: float,
+        status: str,
+        model: str,
+        attachment: Attachment | None = None,
+        *,
+        created_at: float = 0.0,
+        response_id: str = "",
+    ) -> None:
         self.stamp = first_seen
         self.first_seen = first_seen
         """Monotonic time of the first observation."""
@@ -57,6 +67,15 @@ class _Entry(Stamped):
         self.model = model
         """The bounded model label (for ``bg_response_abandoned_total``)."""
         self.attachment = attachment
+        self.created_at = created_at
+        """Wall-clock start of the response (see :meth:`Tracker.observe`), for queue wait and age."""
+        self.queued = status == "queued"
+        """Seen queued and not yet seen past the queue: its queue wait is still to be measured."""
+        self.response_id = response_id
+        """The key of this entry (the same string object): tells a live heap item from a stale one."""
+
+    def __lt__(self, other: _Entry) -> bool:  # heap order: oldest start first
+        return self.created_at < other.created_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +97,11 @@ class Transition:
     """Model labels of other responses that left tracking in flight during this call (TTL
     expiry or the size cap): count each in ``bg_response_abandoned_total``. Already part of
     ``in_flight_delta``."""
+    queue_seconds: float | None = None
+    """Set on the one observation that first saw the response past ``queued`` (``in_progress``,
+    or terminal when ``in_progress`` was never seen): seconds from its start to now, >= 0.
+    None on every other observation, and for responses whose queued phase this tracker did not
+    see from the start (first seen already running, from a poll or a webhook)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +155,11 @@ class Tracker:
         # Observations look at the TTLs at most this often (an explicit expire() always does).
         self._expiry_interval = min(1.0, self.in_flight_ttl / 8, self.ttl_seconds / 8)
         self._next_expiry = 0.0
+        # Entries that were in flight when added, a min-heap by created_at for the oldest in
+        # flight at scrape time. Entries that finished or left the map are dropped lazily when
+        # they reach the top, and filtered out when they pile up, so eviction and expiry never
+        # touch the heap. It holds references only (8 bytes per item).
+        self._by_start: list[_Entry] = []
 
     def observe(
         self,
@@ -138,20 +167,30 @@ class Tracker:
         status: str,
         attach: Callable[[], Attachment] | None = None,
         model: str = UNKNOWN_MODEL,
+        *,
+        created_at: float | None = None,
+        from_start: bool = False,
     ) -> Transition:
         """Record that ``response_id`` was seen with ``status`` and say what that changed.
 
-        ``model`` is the bounded model label (kept for the abandoned count). ``attach`` makes
-        the entry's :class:`Attachment` the first time it is asked for while the id is in
-        flight (once per entry, whatever the threads). The attachment comes back in every
-        transition up to and including the first terminal one; after that the entry no
-        longer holds it. Attachments of entries evicted or expired while in flight are told
+        ``model`` is the bounded model label (kept for the abandoned count). ``created_at``
+        (wall-clock seconds) is when the response started, as well as the caller knows; a new
+        entry without it starts now. ``from_start`` says that this observation is the answer to
+        the create itself: a response that is already past ``queued`` there has its queue wait
+        measured at once (see :attr:`Transition.queue_seconds`).
+
+        ``attach`` makes the entry's :class:`Attachment` the first time it is asked for while
+        the id is in flight (once per entry, whatever the threads). The attachment comes back
+        in every transition up to and including the first terminal one; after that the entry
+        no longer holds it. Attachments of entries evicted or expired while in flight are told
         so (:meth:`Attachment.dropped`) after the lock is released.
         """
         dropped: list[tuple[Attachment, str]] = []
         try:
             with self._lock:
-                return self._observe(response_id, status, model, attach, dropped)
+                return self._observe(
+                    response_id, status, model, attach, dropped, created_at=created_at, from_start=from_start
+                )
         finally:
             for attachment, reason in dropped:
                 _tell_dropped(attachment, reason)
@@ -163,6 +202,9 @@ class Tracker:
         model: str,
         attach: Callable[[], Attachment] | None,
         dropped: list[tuple[Attachment, str]],
+        *,
+        created_at: float | None,
+        from_start: bool,
     ) -> Transition:
         now = self._clock()  # read under the lock: the maps' order is their stamps' order
         before = len(self._active)
@@ -178,16 +220,28 @@ class Tracker:
         entry = self._active.get(response_id)
         if entry is None:
             attachment = _make_attachment(attach)
-            entry = _Entry(now, status, model, None if terminal else attachment)
-            (self._ended if terminal else self._active).put(response_id, entry, now)
-            self._enforce_cap(abandoned, dropped)
             wall = self._to_wall(now, now)
-            return Transition(True, terminal, None, wall, len(self._active) - before, attachment, tuple(abandoned))
+            start = wall if created_at is None else created_at
+            entry = _Entry(
+                now, status, model, None if terminal else attachment, created_at=start, response_id=response_id
+            )
+            (self._ended if terminal else self._active).put(response_id, entry, now)
+            if not terminal:
+                self._push_start(entry)
+            self._enforce_cap(abandoned, dropped)
+            queue = max(0.0, wall - start) if from_start and not entry.queued else None
+            return Transition(
+                True, terminal, None, wall, len(self._active) - before, attachment, tuple(abandoned), queue
+            )
         previous = entry.status
         first_seen = self._to_wall(entry.first_seen, now)
         entry.status = status
         if model != UNKNOWN_MODEL:
             entry.model = model
+        queue = None
+        if entry.queued and status != "queued":  # the first sight past the queue, once per entry
+            entry.queued = False
+            queue = max(0.0, self._wall_clock() - entry.created_at)
         attachment = entry.attachment
         if attachment is None:
             attachment = entry.attachment = _make_attachment(attach)
@@ -198,7 +252,7 @@ class Tracker:
         else:
             self._active.put(response_id, entry, now)  # observed again: not abandoned
         delta = len(self._active) - before
-        return Transition(False, terminal, previous, first_seen, delta, attachment, tuple(abandoned))
+        return Transition(False, terminal, previous, first_seen, delta, attachment, tuple(abandoned), queue)
 
     def status_of(self, response_id: str) -> str | None:
         """The last status recorded for an id, or None when it is not tracked."""
@@ -234,6 +288,7 @@ class Tracker:
             in_flight = len(self._active)
             self._active.clear()
             self._ended.clear()
+            self._by_start.clear()
             self._evicted_in_flight = self._expired_in_flight = 0
             return in_flight
 
@@ -250,6 +305,33 @@ class Tracker:
     def __len__(self) -> int:
         with self._lock:
             return len(self._active) + len(self._ended)
+
+    def oldest_in_flight_created_at(self) -> float | None:
+        """The ``created_at`` (wall clock) of the oldest response still in flight, or None.
+
+        Amortized O(log n): stale heap items are popped as they surface.
+        """
+        with self._lock:
+            heap = self._by_start
+            while heap:
+                if self._live(heap[0]):
+                    return heap[0].created_at
+                heapq.heappop(heap)
+            return None
+
+    def _live(self, entry: _Entry) -> bool:
+        return entry.status not in TERMINAL_STATUSES and self._active.get(entry.response_id) is entry
+
+    def _push_start(self, entry: _Entry) -> None:
+        heap = self._by_start
+        in_flight = len(self._active)
+        if len(heap) >= in_flight + (in_flight >> 2) + 256:
+            # A fifth or more is stale (finished, evicted, expired): keep the live ones. O(heap)
+            # once per in_flight / 4 pushes, so O(1) per push; stale items pin evicted entries
+            # only that long.
+            heap[:] = [item for item in heap if self._live(item)]
+            heapq.heapify(heap)
+        heapq.heappush(heap, entry)
 
     def _to_wall(self, monotonic_time: float, now: float) -> float:
         return self._wall_clock() - (now - monotonic_time)

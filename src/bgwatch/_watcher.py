@@ -169,9 +169,13 @@ class Watcher:
             raise ConfigurationError(str(exc)) from exc
         all_sinks: list[Sink] = []
         if prometheus:
-            all_sinks.append(PrometheusSink.for_registry(None if registry is _UNSET else registry))
+            prometheus_sink = PrometheusSink.for_registry(None if registry is _UNSET else registry)
+            prometheus_sink.watch_tracker(self.tracker)
+            all_sinks.append(prometheus_sink)
         if otel:
-            all_sinks.append(OTelMetricsSink.for_meter_provider(meter_provider))
+            otel_sink = OTelMetricsSink.for_meter_provider(meter_provider)
+            otel_sink.watch_tracker(self.tracker)
+            all_sinks.append(otel_sink)
         elif meter_provider is not None:
             raise ConfigurationError("meter_provider= needs otel=True")
         self.tracing: Tracing | None = None
@@ -286,7 +290,15 @@ class Watcher:
         if observation.background is None and observation.call == "create":
             return None
         attach = self.tracing.new_lifecycle if self.tracing is not None else None
-        return self.tracker.observe(observation.response_id, observation.status, attach, model)
+        from_start = observation.call == "create"
+        return self.tracker.observe(
+            observation.response_id,
+            observation.status,
+            attach,
+            model,
+            created_at=_start_of(observation.created_at, from_start),
+            from_start=from_start,
+        )
 
     def _labels(self, observation: Observation) -> ResponseLabels:
         status = observation.status or "unknown"
@@ -312,6 +324,19 @@ def _tell_abandoned(sink: Sink, models: tuple[str, ...]) -> None:
     abandoned = getattr(sink, "abandoned", None)  # optional for sinks written before it existed
     if abandoned is not None:
         abandoned(models)
+
+
+def _start_of(created_at: float | None, at_create: bool) -> float | None:
+    """When the response started, as precisely as this process can tell.
+
+    ``created_at`` is whole seconds in real bodies (truncated): the start lies in
+    ``[created_at, created_at + 1)``. The answer to the create arrives after the start, so when
+    this is that answer, now (clamped into that second) bounds it within the create's round
+    trip instead of a second. Clocks that disagree with the API's by more than that are clamped.
+    """
+    if created_at is None or not at_create:
+        return created_at
+    return min(max(time.time(), created_at), created_at + 1.0)
 
 
 _default_lock = _locks.Lock()

@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--durations", type=_durations, default=(0.5, 3.0), metavar="LOW,HIGH", help="seconds a response runs (0.5,3)"
     )
     sim.add_argument(
+        "--queue-seconds",
+        type=_durations,
+        default=None,
+        metavar="LOW,HIGH",
+        help="seconds a response waits queued before it runs (default: a share of --durations)",
+    )
+    sim.add_argument(
         "--poll-after-ms", type=int, default=250, metavar="MS", help="openai-poll-after-ms the simulator sends (250)"
     )
     sim.add_argument(
@@ -195,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         mix=args.mix,
         durations=args.durations,
+        queue_seconds=args.queue_seconds,
         poll_after_ms=args.poll_after_ms,
         cancel_every=args.cancel_every,
         fault_rate=args.fault_rate,

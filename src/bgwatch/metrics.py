@@ -12,6 +12,9 @@
 | bgwatch_internal_errors_total   | counter   | stage          |
 | bgwatch_webhook_rejected_total  | counter   | reason         |
 | bg_response_abandoned_total     | counter   | model          |
+| bg_response_queue_seconds       | histogram | model          |
+| bg_response_oldest_in_flight_seconds | gauge |              |
+| bg_response_tokens_total        | counter   | type, status, model |
 
 Instruments are created once per registry and shared by every watcher that uses it. Every
 scrape of that registry first sweeps the watchers writing to it (their expired in-flight ids
@@ -27,6 +30,7 @@ and label names (it appends ``_total`` to counters and ``_seconds`` for the unit
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,10 +38,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import metrics as otel_metrics
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import values as _prometheus_values
 
 from . import _locks
 from ._classify import STATUSES, Observation
-from ._tracker import Transition
+from ._tracker import Tracker, Transition
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -45,7 +50,14 @@ if TYPE_CHECKING:
 
     from ._watcher import Watcher
 
-__all__ = ["DURATION_BUCKETS", "METRIC_NAMES", "OTelMetricsSink", "PrometheusSink", "ResponseLabels"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "METRIC_NAMES",
+    "QUEUE_BUCKETS",
+    "OTelMetricsSink",
+    "PrometheusSink",
+    "ResponseLabels",
+]
 
 DURATION_BUCKETS: Final[tuple[float, ...]] = (
     1.0,
@@ -65,6 +77,24 @@ DURATION_BUCKETS: Final[tuple[float, ...]] = (
 )
 """Seconds from ``created_at`` to the terminal state: background responses run up to hours."""
 
+QUEUE_BUCKETS: Final[tuple[float, ...]] = (
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+"""Seconds a background response waited ``queued``: from well under a second to an hour."""
+
 INTERNAL_ERROR_STAGES: Final = ("request", "classify", "record", "stream", "sink", "trace", "webhook", "other")
 """The bounded ``stage`` label values of ``bgwatch_internal_errors_total``."""
 
@@ -79,6 +109,9 @@ METRIC_NAMES: Final = (
     "bgwatch_internal_errors_total",
     "bgwatch_webhook_rejected_total",
     "bg_response_abandoned_total",
+    "bg_response_queue_seconds",
+    "bg_response_oldest_in_flight_seconds",
+    "bg_response_tokens_total",
 )
 
 
@@ -111,7 +144,43 @@ _HELP: Final[dict[str, str]] = {
         "Background responses that left tracking without a terminal state seen (unobserved for"
         " in_flight_ttl, or evicted by the size cap); they leave bg_response_in_flight then."
     ),
+    "bg_response_queue": (
+        "Seconds from created_at to the first sight of in_progress (or of the end, if never seen running);"
+        " resolution: the poll interval."
+    ),
+    "bg_response_oldest_in_flight": "Age (now - created_at) of the oldest background response in flight; 0: none.",
+    "bg_response_tokens": "Tokens of each finished background response's usage, by type and terminal status.",
 }
+
+
+class _OldestInFlight:
+    """The trackers feeding one sink, and the age of their oldest in-flight response.
+
+    Several watchers may share a sink (one registry), each with its own tracker: the gauge is
+    the oldest over all of them. Trackers are held weakly, so a dropped watcher drops out.
+    """
+
+    def __init__(self) -> None:
+        self._trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+    def add(self, tracker: Tracker) -> None:
+        self._trackers.add(tracker)
+
+    def age(self) -> float:
+        """Seconds since the oldest in-flight response started; 0.0 when none is in flight."""
+        starts = [
+            start for tracker in list(self._trackers) if (start := tracker.oldest_in_flight_created_at()) is not None
+        ]
+        return max(0.0, time.time() - min(starts)) if starts else 0.0
+
+
+def _token_counts(observation: Observation) -> Iterable[tuple[str, int]]:
+    """``(type, tokens)`` of a terminal observation's ``usage``, for the types it carried."""
+    if observation.input_tokens is not None:
+        yield "input", observation.input_tokens
+    if observation.output_tokens is not None:
+        yield "output", observation.output_tokens
+
 
 _sinks: weakref.WeakKeyDictionary[CollectorRegistry, PrometheusSink] = weakref.WeakKeyDictionary()
 _sinks_lock = _locks.Lock()
@@ -192,6 +261,32 @@ class PrometheusSink:
             ["model"],
             registry=registry,
         )
+        self.queue = Histogram(
+            "bg_response_queue_seconds",
+            _HELP["bg_response_queue"],
+            ["model"],
+            buckets=QUEUE_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "bg_response_tokens",
+            _HELP["bg_response_tokens"],
+            ["type", "status", "model"],
+            registry=registry,
+        )
+        # Computed at scrape time from the trackers. prometheus_client's multiprocess mode
+        # exports only values written to its files, never a callback: there each worker writes
+        # the age at each of its observations, and the aggregate is the max over live workers.
+        self._oldest = _OldestInFlight()
+        self.oldest_in_flight = Gauge(
+            "bg_response_oldest_in_flight_seconds",
+            _HELP["bg_response_oldest_in_flight"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._oldest_in_files = bool(getattr(_prometheus_values.ValueClass, "_multiprocess", False))
+        if not self._oldest_in_files:
+            self.oldest_in_flight.set_function(self._oldest_age)
         self._polls: dict[str, Counter] = {}
         self._created: dict[str, Counter] = {}
         self._zero_series()
@@ -218,6 +313,9 @@ class PrometheusSink:
             self.internal_errors,
             self.webhook_rejections,
             self.abandoned_responses,
+            self.queue,
+            self.tokens,
+            self.oldest_in_flight,
         )
 
     @classmethod
@@ -245,6 +343,17 @@ class PrometheusSink:
                 _sinks[registry] = sink
             return sink
 
+    def watch_tracker(self, tracker: Tracker) -> None:
+        """Include ``tracker``'s in-flight responses in ``bg_response_oldest_in_flight_seconds``."""
+        self._oldest.add(tracker)
+
+    def _oldest_age(self) -> float:
+        try:
+            return self._oldest.age()
+        except Exception:  # a scrape must never fail because of us
+            self.internal_error("sink")
+            return 0.0
+
     def observed(
         self,
         observation: Observation,
@@ -262,14 +371,20 @@ class PrometheusSink:
             return
         if transition.in_flight_delta:
             self.in_flight.inc(transition.in_flight_delta)
+        if self._oldest_in_files:
+            self.oldest_in_flight.set(self._oldest_age())
         if transition.new and observation.call == "create":
             created = self._created.get(labels.model)
             if created is None:  # model labels are capped, so is this
                 created = self._created[labels.model] = self.created.labels(labels.model)
                 self.abandoned_responses.labels(labels.model)  # at 0 from its model's first create
             created.inc()
+        if transition.queue_seconds is not None:
+            self.queue.labels(labels.model).observe(transition.queue_seconds)
         if not transition.finished:
             return
+        for token_type, count in _token_counts(observation):
+            self.tokens.labels(token_type, labels.status, labels.model).inc(count)
         self.finished.labels(labels.status, labels.model).inc()
         if labels.code is not None:
             self.failed.labels(labels.code, labels.model).inc()
@@ -282,6 +397,8 @@ class PrometheusSink:
         """Apply an in-flight change that happened outside an observation (TTL sweep)."""
         if delta:
             self.in_flight.inc(delta)
+        if self._oldest_in_files:
+            self.oldest_in_flight.set(self._oldest_age())
 
     def abandoned(self, models: Sequence[str]) -> None:
         """Count responses that left tracking without a terminal state (bounded model labels)."""
@@ -314,6 +431,8 @@ class PrometheusSink:
         self._pid = pid
         _renew_prometheus_locks(self._instruments)
         for instrument in self._instruments:
+            if instrument is self.oldest_in_flight:
+                continue  # computed from the (already emptied) trackers, or rewritten at the next observation
             if instrument is self.in_flight:
                 instrument.set(0)
             else:
@@ -431,6 +550,24 @@ class OTelMetricsSink:
             description=_HELP["bg_response_abandoned"],
         )
         self._models_created: set[str] = set()
+        self.queue = meter.create_histogram(
+            "bg_response_queue",
+            unit="s",
+            description=_HELP["bg_response_queue"],
+            explicit_bucket_boundaries_advisory=list(QUEUE_BUCKETS),
+        )
+        self.tokens = meter.create_counter(
+            "bg_response_tokens",
+            unit="{token}",
+            description=_HELP["bg_response_tokens"],
+        )
+        self._oldest = _OldestInFlight()
+        self.oldest_in_flight = meter.create_observable_gauge(
+            "bg_response_oldest_in_flight",
+            callbacks=[self._observe_oldest],
+            unit="s",
+            description=_HELP["bg_response_oldest_in_flight"],
+        )
         # The same zero-valued series as the Prometheus sink, so both paths expose one shape.
         for stage in INTERNAL_ERROR_STAGES:
             self.internal_errors.add(0, {"stage": stage})
@@ -449,6 +586,18 @@ class OTelMetricsSink:
             if sink is None:
                 sink = _otel_sinks[provider] = cls(provider)
             return sink
+
+    def watch_tracker(self, tracker: Tracker) -> None:
+        """Include ``tracker``'s in-flight responses in ``bg_response_oldest_in_flight``."""
+        self._oldest.add(tracker)
+
+    def _observe_oldest(self, options: otel_metrics.CallbackOptions) -> Iterable[otel_metrics.Observation]:
+        try:
+            age = self._oldest.age()
+        except Exception:  # a collection must never fail because of us
+            self.internal_error("sink")
+            age = 0.0
+        return (otel_metrics.Observation(age),)
 
     def observed(
         self,
@@ -469,8 +618,12 @@ class OTelMetricsSink:
             if labels.model not in self._models_created:  # model labels are capped, so is this
                 self._models_created.add(labels.model)
                 self.abandoned_responses.add(0, {"model": labels.model})
+        if transition.queue_seconds is not None:
+            self.queue.record(transition.queue_seconds, {"model": labels.model})
         if not transition.finished:
             return
+        for token_type, count in _token_counts(observation):
+            self.tokens.add(count, {"type": token_type, "status": labels.status, "model": labels.model})
         self.finished.add(1, {"status": labels.status, "model": labels.model})
         if labels.code is not None:
             self.failed.add(1, {"code": labels.code, "model": labels.model})
