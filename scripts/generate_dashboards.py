@@ -739,6 +739,11 @@ def render(builder: dashboard.Dashboard) -> str:
     for variable in data["templating"]["list"]:
         for name in LEGACY_VARIABLE_FIELDS:
             variable.pop(name, None)
+    # A Prometheus annotation's query lives in `target` (the schema has no top-level `expr`; the
+    # SDK's AnnotationQuery only knows the legacy field).
+    for annotation in data["annotations"]["list"]:
+        if "expr" in annotation:
+            annotation["target"] = {"expr": annotation.pop("expr"), "refId": "Anno"}
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
