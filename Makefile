@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 BIN2 := $(VENV2)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest pytest-openai2 prometheus bench dashboards clean
+.PHONY: demo test lint typecheck pytest pytest-openai2 prometheus grafana-schema bench dashboards clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ prometheus:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
 	  else echo "install Debian's 'prometheus' package (prometheus + promtool) for the rule and e2e tests"; fi; }
 
+# @grafana/schema + typescript (pinned by the lock file) for tests/test_grafana_schema.py.
+grafana-schema: tests/grafana-schema/node_modules/.installed
+tests/grafana-schema/node_modules/.installed: tests/grafana-schema/package-lock.json
+	cd tests/grafana-schema && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check src tests scripts benchmarks examples
@@ -43,7 +49,7 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-pytest: $(BIN)/.installed prometheus
+pytest: $(BIN)/.installed prometheus grafana-schema
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 pytest-openai2: $(BIN2)/.installed
