@@ -32,9 +32,8 @@ from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 
-from bgwatch import _yaml
-from bgwatch._export import ExportOptions, rules_file
-from bgwatch._rules import DEFAULT_RUNBOOK_URL, Thresholds, rule_tests
+from bgwatch._export import ExportOptions, rule_test_files, rules_file
+from bgwatch._rules import DEFAULT_RUNBOOK_URL, Thresholds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -766,9 +765,8 @@ def render_all() -> dict[str, str]:
     out[f"{ASSETS}/runbook.md"] = (REPO_ROOT / "docs" / "runbook.md").read_text(encoding="utf-8")
     defaults = ExportOptions()
     out["dashboards/rules/bgwatch.rules.yml"] = rules_file(defaults)
-    for name, test in rule_tests(defaults.rules).items():
-        header = "# promtool test rules: the unit tests of ../bgwatch.rules.yml (scripts/generate_dashboards.py).\n"
-        out[f"dashboards/rules/tests/{name}"] = _yaml.dump(test, header=header)
+    for name, text in rule_test_files(defaults).items():
+        out[f"dashboards/rules/tests/{name}"] = text
     return out
 
 

@@ -19,11 +19,27 @@ from typing import Any
 from . import _yaml
 from ._rules import DEFAULT_RUNBOOK_URL, RuleOptions, rule_groups, rule_tests
 
-__all__ = ["FORMATS", "ExportOptions", "dashboards", "export", "prometheus_rule", "rules_file"]
+__all__ = [
+    "FORMATS",
+    "ExportOptions",
+    "dashboards",
+    "export",
+    "files",
+    "prometheus_rule",
+    "rule_test_files",
+    "rules_file",
+]
 
 FORMATS = ("prometheus", "prometheus-operator")
 DASHBOARD_FILES = {"bgwatch-overview.json": "overview", "bgwatch-failures.json": "failures"}
 DATASOURCE_VARIABLE = {"type": "prometheus", "uid": "${datasource}"}
+# Panels that draw an alert threshold as a red line: (file, panel id) -> Thresholds field.
+THRESHOLD_PANELS = {
+    ("bgwatch-overview.json", 8): "failure_ratio",
+    ("bgwatch-failures.json", 105): "failure_ratio",
+    ("bgwatch-overview.json", 18): "queue_p95_seconds",
+    ("bgwatch-overview.json", 19): "stuck_seconds",
+}
 RULES_HEADER = """\
 # Prometheus recording and alerting rules for bgwatch (OpenAI background responses).
 # Written by `bgwatch export`{options}. Load with `rule_files:`; check with
@@ -97,6 +113,11 @@ def dashboards(options: ExportOptions) -> dict[str, dict[str, Any]]:
                 node["url"] = o.runbook_url + node["url"][len(DEFAULT_RUNBOOK_URL) :]
             if options.datasource_uid and node.get("datasource") == DATASOURCE_VARIABLE:
                 node["datasource"] = {"type": "prometheus", "uid": options.datasource_uid}
+        for panel in d["panels"]:
+            threshold = THRESHOLD_PANELS.get((name, panel.get("id")))
+            if threshold is not None:
+                steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+                steps[-1]["value"] = getattr(o.thresholds, threshold)
         if options.datasource_uid:
             variables = d["templating"]["list"]
             d["templating"]["list"] = [v for v in variables if v.get("type") != "datasource"]
@@ -138,6 +159,12 @@ def prometheus_rule(options: ExportOptions) -> str:
     return _yaml.dump(manifest, header=header)
 
 
+def rule_test_files(options: ExportOptions) -> dict[str, str]:
+    """The promtool unit tests of :func:`rules_file` for the same options: ``{file name: text}``."""
+    header = "# promtool test rules: the unit tests of ../bgwatch.rules.yml, written for the same options.\n"
+    return {name: _yaml.dump(test, header=header) for name, test in rule_tests(options.rules).items()}
+
+
 def files(options: ExportOptions) -> dict[str, str]:
     """Every exported file: ``{relative path: text}``."""
     out = {
@@ -147,9 +174,7 @@ def files(options: ExportOptions) -> dict[str, str]:
     out["rules/bgwatch.rules.yml"] = rules_file(options)
     if options.format == "prometheus-operator":
         out["rules/bgwatch.prometheusrule.yaml"] = prometheus_rule(options)
-    for name, test in rule_tests(options.rules).items():
-        header = "# promtool test rules: the unit tests of ../bgwatch.rules.yml, written for the same options.\n"
-        out[f"rules/tests/{name}"] = _yaml.dump(test, header=header)
+    out.update({f"rules/tests/{name}": text for name, text in rule_test_files(options).items()})
     out["runbook.md"] = _asset("runbook.md")
     return out
 
