@@ -730,11 +730,18 @@ DASHBOARDS: dict[str, Callable[[], dashboard.Dashboard]] = {
 # Interval-variable fields the SDK writes on every variable, which Grafana's current schema
 # (@grafana/schema 13, tests/test_grafana_schema.py) no longer has.
 LEGACY_VARIABLE_FIELDS = ("auto", "auto_count", "auto_min")
+# The schema version of @grafana/schema 13. The SDK for Grafana 11.6 writes 41; Grafana's only
+# migration from 41 to 42 adds hideFrom.tooltip to field overrides that hide a series
+# (hideFrom.viz), and these dashboards have no overrides (tests/test_dashboards.py checks), so
+# their JSON is already version 42.
+SCHEMA_VERSION = 42
 
 
 def render(builder: dashboard.Dashboard) -> str:
     """Deterministic JSON: sorted keys, 2-space indent, trailing newline, no legacy fields."""
     data = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
+    assert data["schemaVersion"] in (41, SCHEMA_VERSION), "a new SDK: review the migrations in between"
+    data["schemaVersion"] = SCHEMA_VERSION
     for variable in data["templating"]["list"]:
         for name in LEGACY_VARIABLE_FIELDS:
             variable.pop(name, None)
