@@ -36,8 +36,12 @@ prometheus:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
 	  else echo "install Debian's 'prometheus' package (prometheus + promtool) for the rule and e2e tests"; fi; }
 
-# @grafana/schema + typescript (pinned by the lock file) for tests/test_grafana_schema.py.
-grafana-schema: tests/grafana-schema/node_modules/.installed
+# @grafana/schema + typescript (pinned by the lock file) for tests/test_grafana_schema.py
+# (.ci/run installs Debian's nodejs + npm; without npm the test skips, or fails under $CI).
+grafana-schema:
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory tests/grafana-schema/node_modules/.installed; \
+	else echo "install node + npm (Debian: nodejs npm) for the Grafana schema test"; fi
+
 tests/grafana-schema/node_modules/.installed: tests/grafana-schema/package-lock.json
 	cd tests/grafana-schema && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
