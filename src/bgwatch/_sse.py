@@ -111,14 +111,16 @@ class SSEParser:
         "_head",
         "_id",
         "_id_str",
+        "_like_sdk",
         "_line",
         "_max_data",
         "_max_line",
         "_mode",
+        "_retry",
         "_truncated",
     )
 
-    def __init__(self, *, max_data_bytes: int = 65536, max_line_bytes: int = 4096) -> None:
+    def __init__(self, *, max_data_bytes: int = 65536, max_line_bytes: int = 4096, like_sdk: bool = False) -> None:
         """Create a parser for one stream.
 
         Args:
@@ -128,6 +130,11 @@ class SSEParser:
                 name included; longer ones are ignored. Data lines are bounded
                 by ``max_data_bytes`` instead, and comments and unknown fields
                 are never buffered, so they have no line limit.
+            like_sdk: Dispatch as the openai SDK's ``SSEDecoder`` does instead of as the
+                spec says: a leading BOM is not stripped (it makes the first field name
+                unknown), a blank line after an ``event:``, ``id:`` (the last one persists)
+                or valid ``retry:`` line dispatches an event even without data (with data
+                ""), and :meth:`close` never dispatches an unterminated event.
 
         Raises:
             ValueError: If a limit is negative.
@@ -136,6 +143,8 @@ class SSEParser:
             raise ValueError("max_data_bytes and max_line_bytes must be >= 0")
         self._max_data = max_data_bytes
         self._max_line = max_line_bytes
+        self._like_sdk = like_sdk
+        self._retry = False  # a valid retry: line was seen in this event (like_sdk only)
         # Stream position state.
         self._at_start = True  # the first bytes may be a BOM, possibly split across chunks
         self._head = b""  # first bytes of the stream while they are still a BOM prefix
@@ -211,7 +220,7 @@ class SSEParser:
         # "\xef\xbb") is dropped: as a line it would be an unknown field.
         self._head = b""
         self._end_line(events)
-        if self._has_data:
+        if self._has_data and not self._like_sdk:
             events.append(self._dispatch())
         self._closed = True
         # Release the buffers: a closed parser holds nothing.
@@ -224,6 +233,8 @@ class SSEParser:
 
     def _feed(self, chunk: bytes, events: list[SSEEvent]) -> None:
         """Parse one non-empty chunk, appending completed events to ``events``."""
+        if self._at_start and self._like_sdk:
+            self._at_start = False
         if self._at_start:
             chunk = self._head + chunk
             if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
@@ -285,6 +296,9 @@ class SSEParser:
                         )
                         self._data = b""
                         self._has_data = False
+                        self._retry = False
+                    elif self._like_sdk and (self._event or self._id or self._retry):
+                        events.append(self._dispatch())
                     self._event = b""
                 elif line.startswith(b"data:"):
                     value = line[6:] if line[5:6] == b" " else line[5:]
@@ -324,7 +338,15 @@ class SSEParser:
         elif name == b"id" and len(line) <= self._max_line and b"\x00" not in value:
             # The spec ignores an id containing NUL; an over-long one is junk.
             self._set_id(value)
-        # Anything else, "retry" included, is ignored.
+        elif name == b"retry" and self._like_sdk:
+            # The SDK keeps int(value) when it parses; only whether it did matters here.
+            try:
+                int(value.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                pass
+            else:
+                self._retry = True
+        # Anything else is ignored.
 
     def _feed_partial(self, piece: bytes) -> None:
         """Add ``piece`` to the line in progress, which it does not end."""
@@ -363,7 +385,7 @@ class SSEParser:
                     self._start_data_line()
                     mode = _DATA_START
                     piece = rest
-                elif name in (b"event", b"id"):
+                elif name in (b"event", b"id") or (name == b"retry" and self._like_sdk):
                     if known + len(piece) > self._max_line:
                         mode = _SKIP
                         self._line.clear()
@@ -457,6 +479,7 @@ class SSEParser:
         self._data = b""
         self._has_data = False
         self._truncated = False
+        self._retry = False
         self._event = b""
         return event
 

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -83,8 +84,12 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_EVENT_DATA", "StreamObserver", "observe_stream"]
 
-MAX_EVENT_DATA: Final = 64 * 1024
-"""Bytes of one event's data kept for parsing; the fields bgwatch reads come first."""
+MAX_EVENT_DATA: Final = 16 * 1024 * 1024
+"""Bytes of one event's data kept for parsing: the memory bound per stream.
+
+The SDK holds every event whole, so keeping one event up to this cap adds at most what the
+SDK itself holds; every event the SDK yields below it is parsed exactly as the SDK parses it
+(``json.loads`` of the whole data). A larger event is read in jiter's partial mode."""
 
 LIFECYCLE_EVENTS: Final = frozenset(
     (
@@ -97,7 +102,6 @@ LIFECYCLE_EVENTS: Final = frozenset(
         "response.cancelled",  # not sent today; its response.status would say what happened
     )
 )
-_WANTED_EVENTS: Final = LIFECYCLE_EVENTS | {"error"}
 
 # Locating where the parser dispatched an event inside a chunk (raise mode, once per stream):
 # an event is dispatched at a blank line, a line ending right after another line ending.
@@ -107,7 +111,6 @@ _LINE_BREAKS: Final = re.compile(rb"[\r\n]+")
 # A line whose field name is "data" ("data:..." or a bare "data"): what makes a blank line
 # dispatch an event.
 _DATA_LINE: Final = re.compile(rb"(?:\A|[\r\n])data(?::|[\r\n]|\Z)")
-_PEEK_BYTES: Final = 256
 
 
 class StreamObserver:
@@ -123,6 +126,7 @@ class StreamObserver:
     __slots__ = (
         "_call",
         "_decoder",
+        "_done",
         "_error_code",
         "_error_for",
         "_error_message",
@@ -147,7 +151,8 @@ class StreamObserver:
         self._error_message: str | None = None
         self._error_for: str | None = None
         self._decoder: _Decoder | None = _Decoder.for_encoding(headers.get("content-encoding"))
-        self._parser: SSEParser | None = SSEParser(max_data_bytes=MAX_EVENT_DATA)
+        self._done = False  # the SDK stops here: [DONE], or it raises on the event
+        self._parser: SSEParser | None = SSEParser(max_data_bytes=MAX_EVENT_DATA, like_sdk=True)
 
     @property
     def observing(self) -> bool:
@@ -175,6 +180,9 @@ class StreamObserver:
                 if error is not None:
                     self._parser = self._decoder = None  # the stream ends here for the caller
                     return self._cut(chunk, data, before, index, len(events)), error
+                if self._done:
+                    self._parser = self._decoder = None  # the SDK reads no further event
+                    return len(chunk), None
             if data:
                 self._last = data[-1]
             return len(chunk), None
@@ -191,11 +199,13 @@ class StreamObserver:
             events: list[SSEEvent] = []
             if self._decoder is not None:
                 events += parser.feed(self._decoder.flush())
-            events += parser.close()
+            parser.close()  # the SDK never yields an event without its blank line
             for event in events:
                 error = self._on_event(event)
                 if error is not None and self._raise:
                     return error
+                if self._done:
+                    break
         except Exception as exc:
             self._stop(exc)
         finally:
@@ -232,20 +242,33 @@ class StreamObserver:
 
     def _on_event(self, event: SSEEvent) -> BackgroundResponseError | None:
         """Record what one event says; the exception ``raise_on`` calls for, if any."""
-        name = event.event
-        if name is None:  # no "event:" line: the SDK goes by data.type, so do we
-            name = _peek_type(event.data)
-        if name not in _WANTED_EVENTS:
+        # As Stream.__stream__: "[DONE]" ends the stream; every other event is json.loads'ed
+        # (a failure raises to the caller, ending the stream) and goes by its data's "type",
+        # whatever its "event:" line says; a truthy top-level "error" raises APIError.
+        data = event.data
+        if data.startswith("[DONE]"):
+            self._done = True
             return None
-        try:
-            payload = _parse_json(event.data.encode(), partial=event.truncated)
-        except ValueError:
-            return None  # not JSON: the SDK will say so to the caller; nothing to observe
+        if event.truncated:
+            try:
+                payload = _parse_json(data.encode(), partial=True)
+            except ValueError:
+                return None
+        else:
+            try:
+                payload = json.loads(data)
+            except (ValueError, RecursionError):
+                self._done = True
+                return None
         if not isinstance(payload, dict):
             return None
-        kind = payload.get("type", name)
+        kind = payload.get("type")
         if kind == "error":
             self._remember_error(payload)
+        if payload.get("error"):
+            self._done = True  # the SDK raises APIError instead of yielding this event
+            return None
+        if kind not in LIFECYCLE_EVENTS:
             return None
         response = payload.get("response")
         if not isinstance(response, dict):
@@ -291,19 +314,6 @@ class StreamObserver:
         """Stop observing this stream after an error of ours; the bytes keep flowing."""
         self._parser = self._decoder = None
         self._hook.watcher.internal_error("stream", exc)
-
-
-def _peek_type(data: str) -> str | None:
-    """``type`` of an event's JSON data from its first bytes (the API sends it first)."""
-    try:
-        head = _parse_json(data[:_PEEK_BYTES].encode(), partial=True)
-    except ValueError:
-        return None
-    if not isinstance(head, dict):
-        return None
-    kind = head.get("type")
-    # A string cut by the peek is dropped by partial mode, so a present type is whole.
-    return kind if isinstance(kind, str) else None
 
 
 def _dispatch_spans(data: bytes, count: int, previous: int) -> list[tuple[int, int]] | None:
