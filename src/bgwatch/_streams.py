@@ -397,6 +397,10 @@ class _Decoder:
         return self._zlib.copy()
 
 
+class _UnobservableBody(Exception):
+    """A loaded event-stream answer whose raw bytes are gone (not a ByteStream)."""
+
+
 class _UnobservableEncoding(Exception):
     """A Content-Encoding (br, zstd, stacked) the stream observer does not decode."""
 
@@ -562,8 +566,20 @@ def observe_stream(
     """
     try:
         kind: CallKind = "create" if call == "create" else "stream"
+        loaded = "_content" in response.__dict__
+        if loaded and not isinstance(response.stream, module.ByteStream):
+            raise _UnobservableBody("a loaded body without its raw bytes")
         observer = StreamObserver(hook, kind, span, response.headers)
         response.stream = _stream_class(module, asynchronous)(response.stream, observer)
+        if loaded:
+            # The inner transport returned the body already read (MockTransport handlers,
+            # caching transports): iter_bytes() would serve it from ``_content`` and never
+            # touch the stream. Its raw bytes are still in the re-iterable ByteStream, so
+            # forget the read: the client decodes the very same bytes through our wrapper.
+            del response.__dict__["_content"]
+            response.__dict__.pop("_decoder", None)  # flushed by the read: start a fresh one
+            response.is_stream_consumed = False
+            response.is_closed = False
     except Exception as exc:
         hook.watcher.internal_error("stream", exc)
         return False
