@@ -101,9 +101,27 @@ def _bgwatch_spans(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [s for s in spans if s["attributes"].get("openai.api.type") == "responses"]
 
 
+EXPERIMENTAL = {"OTEL_SEMCONV_STABILITY_OPT_IN": "http, gen_ai_latest_experimental"}
+CAPTURE = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}
+
+
+def _histogram_counts(metrics: list[dict[str, Any]], name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
+    for metric in metrics:
+        if metric["name"] == name:
+            return {
+                tuple(sorted(point["attributes"].items())): (
+                    point["count"],
+                    point["sum"],
+                    tuple(point["explicit_bounds"]),
+                )
+                for point in metric["data"]["data_points"]
+            }
+    return {}
+
+
 def test_opentelemetry_instrument_reports_spans_and_metrics_with_exact_counts() -> None:
     with Simulator(seed=3, durations=(0.05, 0.15)) as sim:
-        spans, metrics = run_instrumented(sim.base_url)
+        spans, metrics = run_instrumented(sim.base_url, **EXPERIMENTAL, **CAPTURE)
         ledger = sim.ledger()
         creates = sim.request_log.count("POST", "/v1/responses")
         polls = sim.request_log.count("GET", POLL)
@@ -115,12 +133,33 @@ def test_opentelemetry_instrument_reports_spans_and_metrics_with_exact_counts() 
         "fetch_response": polls,
         "background_response gpt-4.1-mini": len(ledger),
     }
-    lifecycle = {
-        s["attributes"]["gen_ai.response.id"]: s["attributes"]["gen_ai.response.status"]
-        for s in ours
-        if s["name"].startswith("background_response")
+    assert Counter(s["attributes"].get("gen_ai.operation.name") for s in ours) == {
+        "chat": creates,
+        "fetch_response": polls,
+        None: len(ledger),
     }
-    assert lifecycle == {response_id: outcome.status for response_id, outcome in ledger.items()}
+    # opentelemetry-instrument also loaded the httpx and OpenInference instrumentations (and
+    # openai-v2, which has no Responses spans): each reports once, bgwatch's call span is the
+    # parent of exactly one HTTP span, and no bgwatch span is doubled.
+    others = Counter(s["name"] for s in spans if s not in ours)
+    assert others == {"Response": creates + polls, "POST": creates, "GET": polls}
+    calls = {s["context"]["span_id"] for s in ours if not s["name"].startswith("background_response")}
+    http_parents = Counter(s["parent_id"] for s in spans if s["name"] in ("GET", "POST"))
+    assert set(http_parents) == calls and set(http_parents.values()) == {1}
+    lifecycle = {s["attributes"]["gen_ai.response.id"]: s for s in ours if s["name"].startswith("background_response")}
+    assert {rid: s["attributes"]["gen_ai.response.status"] for rid, s in lifecycle.items()} == {
+        rid: outcome.status for rid, outcome in ledger.items()
+    }
+    for rid, outcome in ledger.items():
+        attributes = lifecycle[rid]["attributes"]
+        assert attributes["gen_ai.usage.input_tokens"] == outcome.input_tokens
+        assert attributes["gen_ai.usage.output_tokens"] == outcome.output_tokens
+        assert attributes["openai.response.service_tier"] == "default"
+        description = lifecycle[rid]["status"].get("description")
+        if outcome.status == "failed":  # the capture variable puts the API's error message there
+            assert description is not None and description.endswith("(simulated)")
+        else:
+            assert not description
 
     statuses = Counter(outcome.status for outcome in ledger.values())
     finished = _points(metrics, "bg_response_finished")
@@ -132,6 +171,53 @@ def test_opentelemetry_instrument_reports_spans_and_metrics_with_exact_counts() 
     assert _points(metrics, "bg_response_created") == {(("model", "gpt-4.1-mini"),): float(creates)}
     assert sum(_points(metrics, "bg_response_polls").values()) == polls
     assert sum(_points(metrics, "bg_response_in_flight").values()) == 0
+    scopes = {
+        (m["scope"]["name"], m["scope"]["version"], m["scope"]["schema_url"])
+        for m in metrics
+        if m["name"].startswith(("bg_", "gen_ai."))
+    }
+    assert len(scopes) == 1 and next(iter(scopes))[1] == bgwatch.__version__
+
+    # The GenAI conventions' metrics: a duration per call, the tokens once per response.
+    durations = _histogram_counts(metrics, "gen_ai.client.operation.duration")
+    by_operation = Counter()
+    for attributes, (count, _, bounds) in durations.items():
+        attrs = dict(attributes)
+        assert attrs["gen_ai.provider.name"] == "openai" and attrs["server.address"] == "127.0.0.1"
+        assert bounds[0] == 0.01 and bounds[-1] == 81.92
+        by_operation[attrs["gen_ai.operation.name"]] += count
+    assert by_operation == {"chat": creates, "fetch_response": polls}
+    tokens = _histogram_counts(metrics, "gen_ai.client.token.usage")
+    by_type = {dict(a)["gen_ai.token.type"]: (count, total) for a, (count, total, _) in tokens.items()}
+    assert by_type == {
+        "input": (len(ledger), sum(o.input_tokens for o in ledger.values())),
+        "output": (len(ledger), sum(o.output_tokens for o in ledger.values())),
+    }
+
+
+def test_default_semconv_mode_leaves_out_experimental_attributes_and_messages() -> None:
+    with Simulator(seed=3, durations=(0.05, 0.15)) as sim:
+        spans, metrics = run_instrumented(sim.base_url)
+        ledger = sim.ledger()
+        polls = sim.request_log.count("GET", POLL)
+    ours = _bgwatch_spans(spans)
+    assert Counter(s["name"] for s in ours)["fetch_response"] == polls
+    for span in ours:
+        attributes = span["attributes"]
+        assert "gen_ai.response.status" not in attributes and "gen_ai.request.stream_cursor" not in attributes
+        assert attributes.get("gen_ai.operation.name") in (None, "chat")
+        assert not span["status"].get("description")  # no error message without the capture variable
+        for event in span["events"]:
+            assert "gen_ai.response.status" not in event["attributes"]
+    finish = {
+        s["attributes"]["gen_ai.response.id"]: s["attributes"]["gen_ai.response.finish_reasons"][0]
+        for s in ours
+        if s["name"].startswith("background_response")
+    }
+    assert sorted(finish) == sorted(ledger)
+    failed = [rid for rid, outcome in ledger.items() if outcome.status == "failed"]
+    assert failed and all(finish[rid] == "error" for rid in failed)
+    assert sum(_points(metrics, "bg_response_finished").values()) == len(ledger)
 
 
 def test_disabled_instrumentations_env_turns_bgwatch_off() -> None:
@@ -221,6 +307,10 @@ def test_instrument_wraps_default_and_user_clients_once_and_uninstrument_restore
         lifecycles = [s for s in exporter.get_finished_spans() if s.name.startswith("background_response")]
         assert sorted(s.attributes["gen_ai.response.status"] for s in lifecycles) == sorted(statuses)  # type: ignore[index]
 
+        for span in exporter.get_finished_spans():
+            assert span.instrumentation_scope is not None
+            assert span.instrumentation_scope.version == bgwatch.__version__
+            assert span.instrumentation_scope.schema_url == "https://opentelemetry.io/schemas/1.37.0"
         BgwatchInstrumentor().uninstrument()
         assert _adapters(default._client) == [] and user_http._transport is user_transport
         after = openai.OpenAI(api_key="sk-test", base_url=sim.base_url)

@@ -168,6 +168,7 @@ class Watcher:
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
         all_sinks: list[Sink] = []
+        genai_metrics = None
         if prometheus:
             prometheus_sink = PrometheusSink.for_registry(None if registry is _UNSET else registry)
             prometheus_sink.watch_tracker(self.tracker)
@@ -176,6 +177,7 @@ class Watcher:
             otel_sink = OTelMetricsSink.for_meter_provider(meter_provider)
             otel_sink.watch_tracker(self.tracker)
             all_sinks.append(otel_sink)
+            genai_metrics = otel_sink.genai_client
         elif meter_provider is not None:
             raise ConfigurationError("meter_provider= needs otel=True")
         self.tracing: Tracing | None = None
@@ -188,7 +190,10 @@ class Watcher:
             from .tracing import Tracing
 
             self.tracing = Tracing(
-                tracer_provider, capture_error_messages=capture_error_messages, on_error=self.internal_error
+                tracer_provider,
+                capture_error_messages=capture_error_messages,
+                on_error=self.internal_error,
+                genai_metrics=genai_metrics,
             )
             all_sinks.append(self.tracing)
         all_sinks.extend(sinks)

@@ -39,6 +39,7 @@ or key is ever put on a span; error messages only with ``capture_error_messages=
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -53,12 +54,13 @@ from . import _locks
 from ._classify import CallKind, Observation, _parse_json
 from ._safe_log import describe
 from ._tracker import Attachment, Transition
-from .metrics import ResponseLabels
+from .metrics import SCHEMA_URL, GenAIClientMetrics, ResponseLabels
 
 __all__ = [
     "NOOP_CALL_SPAN",
     "CallSpan",
     "Tracing",
+    "experimental_genai",
     "finish_reason",
     "operation_name",
 ]
@@ -78,8 +80,12 @@ GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
 GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
 GEN_AI_RESPONSE_STATUS: Final = "gen_ai.response.status"
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
 # semantic-conventions-genai, model/openai/registry.yaml:
 OPENAI_API_TYPE: Final = "openai.api.type"
+OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
 # semantic-conventions (stable): server.*, error.*
 SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"
@@ -114,6 +120,11 @@ _OPERATIONS: Final[Mapping[str, str]] = {
 _SUPPRESS_KEY: Final[str] = getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", "suppress_instrumentation")
 _SUPPRESS_KEY_PLAIN: Final = "suppress_instrumentation"
 
+SEMCONV_OPT_IN_ENV: Final = "OTEL_SEMCONV_STABILITY_OPT_IN"
+GEN_AI_LATEST_EXPERIMENTAL: Final = "gen_ai_latest_experimental"
+_EXPERIMENTAL_OPERATIONS: Final = frozenset({"fetch_response"})
+"""Operation names no released semantic-conventions package has yet."""
+
 ErrorHandler = Callable[[str, BaseException], None]
 
 _NULL_CONTEXT: Final[AbstractContextManager[None]] = nullcontext()
@@ -142,6 +153,31 @@ def finish_reason(status: str | None, incomplete_reason: str | None = None) -> s
     if status in ("failed", "cancelled"):
         return "error"
     return None
+
+
+def experimental_genai() -> bool:
+    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` lists ``gen_ai_latest_experimental``.
+
+    The official GenAI instrumentations (opentelemetry-instrumentation's ``_semconv``) read the
+    variable the same way: a comma-separated list, entries stripped. Only then does bgwatch
+    emit what no released semantic-conventions package defines yet: ``gen_ai.operation.name``
+    = ``fetch_response`` (polls and stream resumes), ``gen_ai.response.status`` and
+    ``gen_ai.request.stream_cursor``. Read when the watcher is built.
+    """
+    opt_in = os.environ.get(SEMCONV_OPT_IN_ENV, "")
+    return GEN_AI_LATEST_EXPERIMENTAL in (entry.strip() for entry in opt_in.split(","))
+
+
+def usage_attributes(observation: Observation) -> dict[str, AttributeValue]:
+    """``gen_ai.usage.*`` and ``openai.response.service_tier`` of a body that has them."""
+    attributes: dict[str, AttributeValue] = {}
+    if observation.input_tokens is not None:
+        attributes[GEN_AI_USAGE_INPUT_TOKENS] = observation.input_tokens
+    if observation.output_tokens is not None:
+        attributes[GEN_AI_USAGE_OUTPUT_TOKENS] = observation.output_tokens
+    if observation.service_tier:
+        attributes[OPENAI_RESPONSE_SERVICE_TIER] = observation.service_tier[:64]
+    return attributes
 
 
 def suppressed() -> bool:
@@ -204,13 +240,18 @@ NOOP_CALL_SPAN: Final = CallSpan()
 
 
 class _RecordingCallSpan(CallSpan):
-    __slots__ = ("_capture", "_ended", "_on_error", "_span")
+    __slots__ = ("_ended", "_metric_attributes", "_span", "_start", "_tracing")
 
-    def __init__(self, span: Span, capture_error_messages: bool, on_error: ErrorHandler) -> None:
+    def __init__(self, span: Span, tracing: Tracing, metric_attributes: dict[str, AttributeValue]) -> None:
         self._span = span
-        self._capture = capture_error_messages
-        self._on_error = on_error
+        self._tracing = tracing
         self._ended = False
+        self._start = time.perf_counter()
+        self._metric_attributes = metric_attributes
+        """What ``gen_ai.client.operation.duration`` is recorded with (the conventions' set)."""
+
+    def _on_error(self, stage: str, exc: BaseException) -> None:
+        self._tracing._on_error(stage, exc)
 
     def activate(self) -> AbstractContextManager[None]:
         return self._activated()
@@ -234,6 +275,7 @@ class _RecordingCallSpan(CallSpan):
     def http_status(self, status_code: int) -> None:
         try:
             if status_code >= 400 and not self._ended:
+                self._metric_attributes[ERROR_TYPE] = str(status_code)
                 self._span.set_attribute(ERROR_TYPE, str(status_code))
                 self._span.set_status(Status(StatusCode.ERROR))
         except Exception as exc:
@@ -243,10 +285,12 @@ class _RecordingCallSpan(CallSpan):
         try:
             if self._ended:
                 return
-            attributes: dict[str, AttributeValue] = {GEN_AI_RESPONSE_ID: observation.response_id}
+            attributes = usage_attributes(observation)
+            attributes[GEN_AI_RESPONSE_ID] = observation.response_id
             if observation.model:
                 attributes[GEN_AI_RESPONSE_MODEL] = observation.model
-            if observation.status:
+                self._metric_attributes[GEN_AI_RESPONSE_MODEL] = observation.model
+            if observation.status and self._tracing.experimental:
                 attributes[GEN_AI_RESPONSE_STATUS] = observation.status
             reason = finish_reason(observation.status, observation.incomplete_reason)
             if reason is not None:
@@ -259,8 +303,9 @@ class _RecordingCallSpan(CallSpan):
         try:
             if self._ended:
                 return
+            self._metric_attributes[ERROR_TYPE] = error_type(exc)
             self._span.set_attribute(ERROR_TYPE, error_type(exc))
-            description = str(exc)[:_MAX_MESSAGE] if self._capture else None
+            description = str(exc)[:_MAX_MESSAGE] if self._tracing.capture_error_messages else None
             self._span.set_status(Status(StatusCode.ERROR, description or None))
         except Exception as error:
             self._on_error("trace", error)
@@ -269,6 +314,12 @@ class _RecordingCallSpan(CallSpan):
         if self._ended:
             return
         self._ended = True
+        try:
+            metrics = self._tracing.genai_metrics
+            if metrics is not None:
+                metrics.operation_duration.record(time.perf_counter() - self._start, self._metric_attributes)
+        except Exception as exc:
+            self._on_error("trace", exc)
         try:
             self._span.end()
         except Exception as exc:
@@ -341,6 +392,12 @@ class Tracing:
         capture_error_messages: put the API's ``error.message`` (failed responses) and
             exception messages on span statuses. Off by default: messages are free text.
         on_error: how to count an internal error (the watcher's ``internal_error``).
+        genai_metrics: where to record the GenAI conventions' client metrics (the watcher
+            passes them when its OTel mirror is on); None records none.
+
+    The tracer's scope is ``bgwatch`` with the library version and :data:`~bgwatch.metrics.SCHEMA_URL`.
+    Experimental GenAI attributes only with ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental``
+    (see :func:`experimental_genai`).
     """
 
     def __init__(
@@ -349,11 +406,14 @@ class Tracing:
         *,
         capture_error_messages: bool = False,
         on_error: ErrorHandler | None = None,
+        genai_metrics: GenAIClientMetrics | None = None,
     ) -> None:
         from . import __version__
 
-        self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider)
+        self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider, schema_url=SCHEMA_URL)
         self.capture_error_messages = capture_error_messages
+        self.experimental = experimental_genai()
+        self.genai_metrics = genai_metrics
         self._on_error: ErrorHandler = on_error if on_error is not None else _log_error
 
     # -- call spans ---------------------------------------------------------------------
@@ -366,22 +426,21 @@ class Tracing:
                 return NOOP_CALL_SPAN
             if _duplicates(trace.get_current_span(), operation):
                 return NOOP_CALL_SPAN
-            attributes: dict[str, AttributeValue] = {
-                GEN_AI_OPERATION_NAME: operation,
-                GEN_AI_PROVIDER_NAME: PROVIDER,
-                OPENAI_API_TYPE: API_TYPE,
-            }
+            metric_attributes: dict[str, AttributeValue] = {GEN_AI_PROVIDER_NAME: PROVIDER}
+            if self.experimental or operation not in _EXPERIMENTAL_OPERATIONS:
+                metric_attributes[GEN_AI_OPERATION_NAME] = operation
             url = request.url
             host = url.host
             if host:
-                attributes[SERVER_ADDRESS] = host
+                metric_attributes[SERVER_ADDRESS] = host
                 port = url.port or (443 if url.scheme == "https" else 80)
-                attributes[SERVER_PORT] = port
+                metric_attributes[SERVER_PORT] = port
+            attributes = {**metric_attributes, OPENAI_API_TYPE: API_TYPE}
             name = operation
             if call == "create":
                 model, stream = _request_model_and_stream(request)
                 if model is not None:
-                    attributes[GEN_AI_REQUEST_MODEL] = model
+                    attributes[GEN_AI_REQUEST_MODEL] = metric_attributes[GEN_AI_REQUEST_MODEL] = model
                     name = f"{operation} {model}"
                 if stream:
                     attributes[GEN_AI_REQUEST_STREAM] = True
@@ -391,10 +450,10 @@ class Tracing:
                     attributes[GEN_AI_RESPONSE_ID] = response_id
                 if call in ("retrieve", "stream"):
                     cursor = url.params.get("starting_after")
-                    if cursor:
+                    if cursor and self.experimental:
                         attributes[GEN_AI_REQUEST_STREAM_CURSOR] = str(cursor)[:64]
             span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-            return _RecordingCallSpan(span, self.capture_error_messages, self._on_error)
+            return _RecordingCallSpan(span, self, metric_attributes)
         except Exception as exc:
             self._on_error("trace", exc)
             return NOOP_CALL_SPAN
@@ -413,6 +472,7 @@ class Tracing:
         duration: float | None,
     ) -> None:
         """Update the lifecycle span of the observed response (Sink protocol)."""
+        self._record_token_usage(observation, transition)
         if transition is None:
             return
         lifecycle = transition.attachment
@@ -420,6 +480,24 @@ class Tracing:
             return
         try:
             lifecycle.observe(observation, transition, labels)
+        except Exception as exc:
+            self._on_error("trace", exc)
+
+    def _record_token_usage(self, observation: Observation, transition: Transition | None) -> None:
+        """``gen_ai.client.token.usage`` once per response: at its end, or its one create answer."""
+        metrics = self.genai_metrics
+        if metrics is None or (observation.input_tokens is None and observation.output_tokens is None):
+            return
+        once = transition.finished if transition is not None else observation.call == "create"
+        if not once:
+            return
+        try:
+            attributes: dict[str, AttributeValue] = {GEN_AI_OPERATION_NAME: "chat", GEN_AI_PROVIDER_NAME: PROVIDER}
+            if observation.model:
+                attributes[GEN_AI_RESPONSE_MODEL] = observation.model
+            for token_type, count in (("input", observation.input_tokens), ("output", observation.output_tokens)):
+                if count is not None:
+                    metrics.token_usage.record(count, {**attributes, GEN_AI_TOKEN_TYPE: token_type})
         except Exception as exc:
             self._on_error("trace", exc)
 
@@ -520,7 +598,7 @@ class _Lifecycle:
                 when = observation.completed_at if transition.finished else None
                 span.add_event(
                     f"response.{status}",
-                    {GEN_AI_RESPONSE_STATUS: status},
+                    {GEN_AI_RESPONSE_STATUS: status} if self._tracing.experimental else None,
                     timestamp=_ns(when) if when is not None else None,
                 )
                 self._last_status = status
@@ -536,7 +614,9 @@ class _Lifecycle:
         end_ns = _ns(end)
         try:
             status = observation.status
-            span.set_attribute(GEN_AI_RESPONSE_STATUS, status or "unknown")
+            if self._tracing.experimental:
+                span.set_attribute(GEN_AI_RESPONSE_STATUS, status or "unknown")
+            span.set_attributes(usage_attributes(observation))
             reason = finish_reason(status, observation.incomplete_reason)
             if reason is not None:
                 span.set_attribute(GEN_AI_RESPONSE_FINISH_REASONS, (reason,))
