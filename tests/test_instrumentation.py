@@ -150,6 +150,9 @@ def test_opentelemetry_instrument_reports_spans_and_metrics_with_exact_counts() 
     assert {rid: s["attributes"]["gen_ai.response.status"] for rid, s in lifecycle.items()} == {
         rid: outcome.status for rid, outcome in ledger.items()
     }
+    polled = [s for s in ours if s["name"] == "fetch_response"]
+    assert not [s for s in polled if "gen_ai.usage.input_tokens" in s["attributes"]]  # no inference in a poll
+    assert {s["attributes"].get("openai.response.service_tier") for s in polled} == {"default"}
     for rid, outcome in ledger.items():
         attributes = lifecycle[rid]["attributes"]
         assert attributes["gen_ai.usage.input_tokens"] == outcome.input_tokens

@@ -128,7 +128,8 @@ class Watcher:
         otel: also write the metric contract through the OpenTelemetry metrics API (the
             "OTel mirror", for ``opentelemetry-exporter-prometheus`` or OTLP). Off by default,
             so that nothing is counted twice; use ``prometheus=False, otel=True`` to count
-            only through OpenTelemetry.
+            only through OpenTelemetry. With tracing on as well, the GenAI conventions'
+            ``gen_ai.client.operation.duration`` and ``gen_ai.client.token.usage`` too.
         meter_provider: the meter provider of the OTel mirror (default: the global one).
         tracing: make OpenTelemetry spans (a span per Responses API call and a lifecycle
             span per background response). ``None`` (the default) means: only when a

@@ -168,12 +168,12 @@ def experimental_genai() -> bool:
     return GEN_AI_LATEST_EXPERIMENTAL in (entry.strip() for entry in opt_in.split(","))
 
 
-def usage_attributes(observation: Observation) -> dict[str, AttributeValue]:
-    """``gen_ai.usage.*`` and ``openai.response.service_tier`` of a body that has them."""
+def usage_attributes(observation: Observation, *, tokens: bool = True) -> dict[str, AttributeValue]:
+    """``gen_ai.usage.*`` (with ``tokens``) and ``openai.response.service_tier`` of a body that has them."""
     attributes: dict[str, AttributeValue] = {}
-    if observation.input_tokens is not None:
+    if tokens and observation.input_tokens is not None:
         attributes[GEN_AI_USAGE_INPUT_TOKENS] = observation.input_tokens
-    if observation.output_tokens is not None:
+    if tokens and observation.output_tokens is not None:
         attributes[GEN_AI_USAGE_OUTPUT_TOKENS] = observation.output_tokens
     if observation.service_tier:
         attributes[OPENAI_RESPONSE_SERVICE_TIER] = observation.service_tier[:64]
@@ -285,7 +285,9 @@ class _RecordingCallSpan(CallSpan):
         try:
             if self._ended:
                 return
-            attributes = usage_attributes(observation)
+            # Tokens only on the inference call (a create): a poll performs no inference, and
+            # the fetch_response convention keeps usage off it; the lifecycle span has them.
+            attributes = usage_attributes(observation, tokens=observation.call == "create")
             attributes[GEN_AI_RESPONSE_ID] = observation.response_id
             if observation.model:
                 attributes[GEN_AI_RESPONSE_MODEL] = observation.model
