@@ -191,3 +191,77 @@ def test_error_messages_only_with_the_genai_capture_variable(
             client.responses.create(model="gpt-4.1", input="hi", background=True)
         finally:
             instrumentor.uninstrument()
+
+
+def run_in_process(simulator: Simulator) -> tuple[list[Any], Any]:
+    tracer_provider, exporter, meter_provider, reader = in_memory()
+    instrumentor = BgwatchInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    try:
+        client = openai.OpenAI(base_url=simulator.base_url, api_key="sk")
+        response = client.responses.create(model="gpt-4.1", input="hi", background=True)
+        while client.responses.retrieve(response.id).status in ("queued", "in_progress"):
+            pass
+    finally:
+        instrumentor.uninstrument()
+    return list(exporter.get_finished_spans()), reader.get_metrics_data()
+
+
+@pytest.mark.parametrize("opt_in", ["", "gen_ai_latest_experimental"])
+def test_experimental_genai_names_only_with_the_semconv_opt_in(
+    simulator: Simulator, monkeypatch: pytest.MonkeyPatch, opt_in: str
+) -> None:
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", opt_in)
+    spans, _ = run_in_process(simulator)
+    polls = [span for span in spans if span.name == "fetch_response"]
+    lifecycle = next(span for span in spans if span.name.startswith("background_response"))
+    assert polls
+    for span in polls:
+        attributes = dict(span.attributes or {})
+        if opt_in:
+            assert attributes["gen_ai.operation.name"] == "fetch_response"
+            assert "gen_ai.response.status" in attributes and "bgwatch.response.status" not in attributes
+        else:
+            assert "gen_ai.operation.name" not in attributes and attributes["bgwatch.operation"] == "fetch_response"
+            assert "bgwatch.response.status" in attributes and "gen_ai.response.status" not in attributes
+    status_key = "gen_ai.response.status" if opt_in else "bgwatch.response.status"
+    assert (lifecycle.attributes or {})[status_key] in ("completed", "failed", "incomplete", "cancelled")
+
+
+def test_terminal_span_carries_usage_and_service_tier_and_scopes_carry_version_and_schema(
+    simulator: Simulator,
+) -> None:
+    spans, metrics = run_in_process(simulator)
+    lifecycle = next(span for span in spans if span.name.startswith("background_response"))
+    outcome = simulator.ledger()[(lifecycle.attributes or {})["gen_ai.response.id"]]
+    attributes = dict(lifecycle.attributes or {})
+    assert attributes["gen_ai.usage.input_tokens"] == outcome.input_tokens
+    assert attributes["gen_ai.usage.output_tokens"] == outcome.output_tokens
+    assert attributes["openai.response.service_tier"] == "default"
+    for span in spans:
+        if span.instrumentation_scope.name == "bgwatch":
+            assert span.instrumentation_scope.version == bgwatch.__version__
+            assert span.instrumentation_scope.schema_url.startswith("https://opentelemetry.io/schemas/")
+    scopes = [scope.scope for resource in metrics.resource_metrics for scope in resource.scope_metrics]
+    ours = [scope for scope in scopes if scope.name == "bgwatch"]
+    assert ours and all(s.version == bgwatch.__version__ and s.schema_url for s in ours)
+
+
+def test_genai_client_histograms_for_responses_calls(simulator: Simulator) -> None:
+    spans, metrics = run_in_process(simulator)
+    found = {
+        metric.name: metric
+        for resource in metrics.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    duration = found["gen_ai.client.operation.duration"]
+    calls = [span for span in spans if span.instrumentation_scope.name == "bgwatch" and span.kind.name == "CLIENT"]
+    assert sum(point.count for point in duration.data.data_points) == len(calls)
+    assert duration.unit == "s"
+    assert list(duration.data.data_points[0].explicit_bounds)[:3] == [0.01, 0.02, 0.04]
+    tokens = found["gen_ai.client.token.usage"]
+    by_type = {point.attributes["gen_ai.token.type"]: point.sum for point in tokens.data.data_points}
+    lifecycle = next(span for span in spans if span.name.startswith("background_response"))
+    outcome = simulator.ledger()[(lifecycle.attributes or {})["gen_ai.response.id"]]
+    assert by_type == {"input": outcome.input_tokens, "output": outcome.output_tokens}

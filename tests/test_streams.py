@@ -49,6 +49,13 @@ from bgwatch.transports import Hook, raise_mode_supported
 
 from .conftest import LIBRARIES, client_class, httpx, httpx2, response_body, sample, total, transport_class
 
+
+@pytest.fixture(autouse=True)
+def _genai_latest_experimental(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the experimental GenAI names (test_instrumentation covers the default)."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+
+
 MODEL = "gpt-4.1-2025-04-14"
 needs_raise_mode = pytest.mark.skipif(not raise_mode_supported(), reason="raise mode needs openai >= 2.31")
 
