@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import threading
 from collections import Counter as CallCounter
 from collections.abc import Callable, Iterator
@@ -28,11 +27,6 @@ try:
     import httpx
 except ImportError:
     httpx = None  # type: ignore[assignment]
-
-# Most span tests check the experimental GenAI attributes (fetch_response, gen_ai.response.status,
-# gen_ai.request.stream_cursor), which bgwatch emits only on this opt-in; the tests of the
-# default mode remove it (tests/test_otel_semconv.py).
-os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
 
 LIBRARIES = [name for name, module in (("httpx2", httpx2), ("httpx", httpx)) if module is not None]
 # openai >= 3 speaks httpx2 and accepts a legacy httpx client too; openai 2.x only httpx.

@@ -128,8 +128,7 @@ class Watcher:
         otel: also write the metric contract through the OpenTelemetry metrics API (the
             "OTel mirror", for ``opentelemetry-exporter-prometheus`` or OTLP). Off by default,
             so that nothing is counted twice; use ``prometheus=False, otel=True`` to count
-            only through OpenTelemetry. With tracing on as well, the GenAI conventions'
-            ``gen_ai.client.operation.duration`` and ``gen_ai.client.token.usage`` too.
+            only through OpenTelemetry.
         meter_provider: the meter provider of the OTel mirror (default: the global one).
         tracing: make OpenTelemetry spans (a span per Responses API call and a lifecycle
             span per background response). ``None`` (the default) means: only when a
@@ -169,7 +168,6 @@ class Watcher:
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
         all_sinks: list[Sink] = []
-        genai_metrics = None
         if prometheus:
             prometheus_sink = PrometheusSink.for_registry(None if registry is _UNSET else registry)
             prometheus_sink.watch_tracker(self.tracker)
@@ -178,7 +176,6 @@ class Watcher:
             otel_sink = OTelMetricsSink.for_meter_provider(meter_provider)
             otel_sink.watch_tracker(self.tracker)
             all_sinks.append(otel_sink)
-            genai_metrics = otel_sink.genai_client
         elif meter_provider is not None:
             raise ConfigurationError("meter_provider= needs otel=True")
         self.tracing: Tracing | None = None
@@ -194,7 +191,8 @@ class Watcher:
                 tracer_provider,
                 capture_error_messages=capture_error_messages,
                 on_error=self.internal_error,
-                genai_metrics=genai_metrics,
+                genai_metrics=otel,  # the conventions' client histograms go with the OTel metrics mirror
+                meter_provider=meter_provider,
             )
             all_sinks.append(self.tracing)
         all_sinks.extend(sinks)

@@ -1,183 +1,147 @@
-"""Zero-code instrumentation: ``opentelemetry-instrument`` picks bgwatch up by itself.
+"""Zero-code use: an OpenTelemetry instrumentor for ``opentelemetry-instrument``.
 
-Needs ``pip install 'openai-bgwatch[otel]'`` (``opentelemetry-instrumentation``). bgwatch is
-registered under the ``opentelemetry_instrumentor`` entry point as ``bgwatch``, so
-``opentelemetry-instrument python app.py`` (or the OpenTelemetry Operator) calls
-``BgwatchInstrumentor().instrument()`` before the app runs, and
-``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=bgwatch`` turns it off. In code::
+``pip install 'openai-bgwatch[otel]'`` registers :class:`BgwatchInstrumentor` under the
+``opentelemetry_instrumentor`` entry point ``bgwatch``, so ``opentelemetry-instrument python
+app.py`` (and the OpenTelemetry Operator's injection) turns it on with every other installed
+instrumentation, and ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=bgwatch`` turns it off.
 
-    from bgwatch.instrumentation import BgwatchInstrumentor
+The patch point is ``openai._base_client.SyncAPIClient.__init__`` and
+``AsyncAPIClient.__init__``: every ``OpenAI``, ``AsyncOpenAI``, ``AzureOpenAI`` and
+``AsyncAzureOpenAI`` (and ``with_options()`` copies) runs it, in openai 1.x, 2.x and 3.x alike,
+and it is where the SDK settles its HTTP client (the user's ``http_client=``, or the one it
+builds). After it, the client's transports (and mounts) are wrapped in bgwatch's transport of
+that client's library (httpx2 or legacy httpx); a client already going through bgwatch
+(``bgwatch.http_client()``, or a shared client wrapped before) is left as it is.
+:meth:`BgwatchInstrumentor.uninstrument` restores both ``__init__`` methods and unwraps the
+clients it wrapped.
 
-    BgwatchInstrumentor().instrument(tracer_provider=..., meter_provider=...)  # both optional
+What it records: the OTel metrics mirror and spans, through the global providers or the
+``tracer_provider=`` / ``meter_provider=`` passed to ``instrument()``, with one watcher of its
+own (no prometheus_client output: with zero-code setups metrics leave through OpenTelemetry;
+the OTel Prometheus exporter prints the same names and labels). Error messages go on spans
+only with ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``; prompts and outputs never.
 
-The recommended way stays the constructor hook, ``OpenAI(http_client=bgwatch.http_client())``:
-it patches nothing. Use the instrumentor when you cannot touch how clients are built.
-
-**Where it patches, and why there.** Every client class of the SDK (``OpenAI``,
-``AsyncOpenAI``, ``AzureOpenAI``, ``AsyncAzureOpenAI``) ends up in
-``openai._base_client.SyncAPIClient.__init__`` or ``AsyncAPIClient.__init__``, which sets
-``self._client`` to the ``http_client=`` passed or to the SDK's default client
-(``SyncHttpxClientWrapper``/``AsyncHttpxClientWrapper``, with the SDK's timeout, limits and
-proxies from the environment). Wrapping those two ``__init__`` and then wrapping the transports
-of ``self._client`` (its default transport and its mounts, exactly as
-:func:`bgwatch.http_client` does) covers the default client and a user-supplied httpx/httpx2
-client alike, without touching the SDK's request path, and is the same in openai 2.x (httpx)
-and 3.x (httpx2). A client whose transports already are bgwatch's (built with
-``bgwatch.http_client()``, or shared by ``client.with_options()``/``copy()``) is left as it is:
-it keeps its own watcher and is never wrapped twice.
-
-What it turns on: one :class:`~bgwatch.Watcher` with spans and the OpenTelemetry metrics mirror
-(``bg_response_*``) on the global providers, or on the ``tracer_provider=``/``meter_provider=``
-passed, and no prometheus_client output (``prometheus=True`` adds it; with
-``opentelemetry-exporter-prometheus`` that would count twice). It never raises a typed
-exception: zero-code instrumentation must not change what the app sees.
-
-``uninstrument()`` restores the two ``__init__`` and puts back the original transports of the
-clients it wrapped (still alive), so they send exactly as before.
+The constructor hook (``OpenAI(http_client=bgwatch.http_client())``) remains the recommended
+way: it patches nothing. Use the instrumentor where the code cannot be changed.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import weakref
 from collections.abc import Collection
-from typing import Any, Final
+from typing import Any
 
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-
-from ._hook import Hook
+from ._locks import Lock
 from ._watcher import Watcher
-from .transports import _AsyncAdapter, _SyncAdapter, _wrap_client_transports
 
-try:
-    import httpx2
-except ImportError:  # openai < 3
-    httpx2 = None  # type: ignore[assignment]
-try:
-    import httpx
-except ImportError:  # openai >= 3 does not need it
-    httpx = None  # type: ignore[assignment]
+try:  # optional: the [otel] extra
+    from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined,unused-ignore]
+        BaseInstrumentor,
+    )
+except ImportError as exc:  # pragma: no cover - without the extra
+    raise ImportError(
+        "bgwatch.instrumentation needs opentelemetry-instrumentation: pip install 'openai-bgwatch[otel]'"
+    ) from exc
 
-__all__ = ["CAPTURE_MESSAGE_CONTENT_ENV", "BgwatchInstrumentor", "capture_message_content"]
+__all__ = ["BgwatchInstrumentor"]
 
-CAPTURE_MESSAGE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-"""The GenAI instrumentations' content switch; bgwatch reads it for error messages only."""
-
-# "true" (the openai-v2 instrumentation), or opentelemetry-util-genai's content capturing
-# modes that put content on spans.
-_CAPTURE_VALUES: Final = frozenset({"true", "span_only", "span_and_event"})
-
-_INSTRUMENTS: Final = ("openai >= 1.66",)
+_INSTRUMENTS: Collection[str] = ("openai >= 1.66",)
+_CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 
-def capture_message_content() -> bool:
-    """Whether ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` asks for content on spans.
-
-    bgwatch then puts error messages (the API's ``error.message``, exception messages) on span
-    statuses; it never records prompts or outputs, whatever the variable says.
-    """
-    return os.environ.get(CAPTURE_MESSAGE_CONTENT_ENV, "").strip().lower() in _CAPTURE_VALUES
+def _capture_messages() -> bool:
+    return os.environ.get(_CAPTURE_ENV, "").strip().lower() in ("true", "1", "yes")
 
 
-def _on_bgwatch(client: Any) -> bool:
-    """Whether any transport of this httpx/httpx2 client already is a bgwatch adapter."""
-    transports = [getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()]
-    return any(isinstance(transport, (_SyncAdapter, _AsyncAdapter)) for transport in transports)
+class BgwatchInstrumentor(BaseInstrumentor):  # type: ignore[misc,unused-ignore]
+    """Puts bgwatch into every OpenAI client built while instrumented (see the module docstring)."""
 
-
-def _adapter_class(client: Any) -> type[Any] | None:
-    """bgwatch's transport class for this client's library and flavour (None: not ours to wrap)."""
-    from .transports import AsyncHttpx2Transport, AsyncHttpxTransport, Httpx2Transport, HttpxTransport
-
-    if httpx2 is not None:
-        if isinstance(client, httpx2.Client):
-            return Httpx2Transport
-        if isinstance(client, httpx2.AsyncClient):
-            return AsyncHttpx2Transport
-    if httpx is not None:
-        if isinstance(client, httpx.Client):
-            return HttpxTransport
-        if isinstance(client, httpx.AsyncClient):
-            return AsyncHttpxTransport
-    return None
-
-
-class BgwatchInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """Route every OpenAI client built after :meth:`instrument` through bgwatch.
-
-    ``instrument()`` keyword arguments (all optional):
-
-    * ``tracer_provider``, ``meter_provider``: where spans and metrics go (default: global);
-    * ``watcher``: a ready :class:`~bgwatch.Watcher` instead of the one built here;
-    * ``prometheus``: also write prometheus_client metrics (default False);
-    * ``capture_error_messages``: default from ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``.
-    """
-
-    # BaseInstrumentor is a singleton whose __init__ runs at every BgwatchInstrumentor(): the
-    # state is made in _instrument, never in __init__.
+    # BaseInstrumentor is a singleton whose __init__ runs on every BgwatchInstrumentor() call:
+    # the state lives on the class, so a second call never forgets what the first patched.
+    _lock = Lock()
     watcher: Watcher | None = None
-    """The watcher of the instrumented clients (None while not instrumented)."""
-    _originals: dict[type[Any], Any]
-    _wrapped: weakref.WeakKeyDictionary[Any, tuple[Any, dict[Any, Any]]]
+    """The watcher the instrumented clients record into (None while not instrumented)."""
+    _originals: dict[type[Any], Any] = {}
+    _wrapped: weakref.WeakKeyDictionary[Any, tuple[Any, dict[Any, Any]]] = weakref.WeakKeyDictionary()
 
     def instrumentation_dependencies(self) -> Collection[str]:
-        """The openai releases bgwatch supports."""
+        """The openai releases this instruments."""
         return _INSTRUMENTS
 
     def _instrument(self, **kwargs: Any) -> None:
-        from openai._base_client import AsyncAPIClient, SyncAPIClient
+        from openai import _base_client
 
-        watcher = kwargs.get("watcher")
-        if watcher is None:
-            prometheus: dict[str, Any] = {"prometheus": bool(kwargs.get("prometheus", False))}
-            if "registry" in kwargs:
-                prometheus["registry"] = kwargs["registry"]
-            watcher = Watcher(
-                **prometheus,
-                otel=True,
-                meter_provider=kwargs.get("meter_provider"),
-                tracing=True,
-                tracer_provider=kwargs.get("tracer_provider"),
-                capture_error_messages=bool(kwargs.get("capture_error_messages", capture_message_content())),
-            )
-        self.watcher = watcher
-        self._originals = {}
-        self._wrapped = weakref.WeakKeyDictionary()
-        hook = Hook(watcher, ())
-        for cls in (SyncAPIClient, AsyncAPIClient):
-            original = cls.__init__
-            self._originals[cls] = original
-            cls.__init__ = self._patched(original, hook)  # type: ignore[method-assign]
+        from ._hook import Hook
 
-    def _patched(self, original: Any, hook: Hook) -> Any:
-        @functools.wraps(original)
-        def __init__(client_self: Any, *args: Any, **kwargs: Any) -> None:
-            original(client_self, *args, **kwargs)
-            self._wrap(getattr(client_self, "_client", None), hook)
+        type(self).watcher = Watcher(
+            prometheus=False,
+            otel=True,
+            meter_provider=kwargs.get("meter_provider"),
+            tracing=True,
+            tracer_provider=kwargs.get("tracer_provider"),
+            capture_error_messages=_capture_messages(),
+        )
+        hook = Hook(self.watcher)
+        instrumentor = self
+        bases: tuple[type[Any], ...] = (_base_client.SyncAPIClient, _base_client.AsyncAPIClient)
+        for base in bases:
+            original = base.__init__
+            self._originals[base] = original
 
-        __init__._bgwatch_original = original  # type: ignore[attr-defined]
-        return __init__
+            def patched(client: Any, *args: Any, __original: Any = original, **options: Any) -> None:
+                __original(client, *args, **options)
+                instrumentor._wrap(getattr(client, "_client", None), hook)
 
-    def _wrap(self, client: Any, hook: Hook) -> None:
-        """Put bgwatch under this httpx/httpx2 client, once; fail open."""
-        try:
-            adapter = _adapter_class(client)
-            if adapter is None or _on_bgwatch(client) or client in self._wrapped:
-                return
-            original = (client._transport, dict(client._mounts))
-            _wrap_client_transports(client, lambda inner: adapter(inner, hook=hook))
-            self._wrapped[client] = original
-        except Exception as exc:  # the client sends as without bgwatch
-            hook.watcher.internal_error("other", exc)
+            patched.__wrapped__ = original  # type: ignore[attr-defined]
+            setattr(base, "__init__", patched)  # noqa: B010 - typed assignment would be refused
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        for cls, original in getattr(self, "_originals", {}).items():
-            cls.__init__ = original
+        for base, original in self._originals.items():
+            setattr(base, "__init__", original)  # noqa: B010
         self._originals.clear()
-        wrapped = getattr(self, "_wrapped", {})
-        for client, (transport, mounts) in list(wrapped.items()):
-            client._transport = transport
-            client._mounts = mounts
-        wrapped.clear()
-        self.watcher = None
+        with self._lock:
+            wrapped = list(self._wrapped.items())
+            self._wrapped.clear()
+        for http, (transport, mounts) in wrapped:
+            http._transport = transport
+            http._mounts = mounts
+        type(self).watcher = None
+
+    def _wrap(self, http: Any, hook: Any) -> None:
+        """Wrap ``http``'s transports in bgwatch's, once; never raises."""
+        from . import transports
+
+        try:
+            if http is None or not hasattr(http, "_transport") or not hasattr(http, "_mounts"):
+                return
+            if isinstance(http._transport, (transports._SyncAdapter, transports._AsyncAdapter)):
+                return  # already on bgwatch (bgwatch.http_client(), or wrapped before)
+            transport_cls = _transport_class(http)
+            if transport_cls is None:
+                return
+            with self._lock:
+                if http in self._wrapped:
+                    return
+                self._wrapped[http] = (http._transport, dict(http._mounts))
+                transports._wrap_client_transports(http, lambda inner: transport_cls(inner, hook=hook))
+        except Exception as exc:
+            if self.watcher is not None:
+                self.watcher.internal_error("other", exc)
+
+
+def _transport_class(http: Any) -> Any:
+    from . import transports
+
+    for module_name, sync_cls, async_cls in (
+        ("httpx2", transports.Httpx2Transport, transports.AsyncHttpx2Transport),
+        ("httpx", transports.HttpxTransport, transports.AsyncHttpxTransport),
+    ):
+        module = getattr(transports, module_name, None)
+        if module is None:
+            continue
+        if isinstance(http, module.AsyncClient):
+            return async_cls
+        if isinstance(http, module.Client):
+            return sync_cls
+    return None

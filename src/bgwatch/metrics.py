@@ -482,78 +482,6 @@ def _renew_prometheus_locks(instruments: Iterable[Any]) -> None:
         pass
 
 
-SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.37.0"
-"""The semantic-conventions release whose names bgwatch's tracer and meter use (GenAI names as
-of 1.37: ``gen_ai.provider.name``); it is their instrumentation scope's ``schema_url``."""
-
-# The GenAI client metrics' advisory bucket boundaries, as semantic-conventions-genai
-# (model/gen-ai/metrics.yaml) specify them.
-GEN_AI_DURATION_BUCKETS: Final = (
-    0.01,
-    0.02,
-    0.04,
-    0.08,
-    0.16,
-    0.32,
-    0.64,
-    1.28,
-    2.56,
-    5.12,
-    10.24,
-    20.48,
-    40.96,
-    81.92,
-)
-GEN_AI_TOKEN_BUCKETS: Final = (
-    1,
-    4,
-    16,
-    64,
-    256,
-    1024,
-    4096,
-    16384,
-    65536,
-    262144,
-    1048576,
-    4194304,
-    16777216,
-    67108864,
-)
-
-
-def bgwatch_meter(meter_provider: otel_metrics.MeterProvider | None = None) -> otel_metrics.Meter:
-    """bgwatch's meter: scope ``bgwatch`` with the library version and :data:`SCHEMA_URL`."""
-    from . import __version__
-
-    return otel_metrics.get_meter("bgwatch", __version__, meter_provider, schema_url=SCHEMA_URL)
-
-
-class GenAIClientMetrics:
-    """The GenAI conventions' client metrics for Responses API calls.
-
-    ``gen_ai.client.operation.duration`` (s): one value per call (create, poll, cancel, stream),
-    from sending to the end of the answer. ``gen_ai.client.token.usage`` (``{token}``,
-    ``gen_ai.token.type`` = ``input``/``output``): once per response, from the terminal body
-    (polls repeat the same usage, so it is not recorded per call).
-    """
-
-    def __init__(self, meter_provider: otel_metrics.MeterProvider | None = None) -> None:
-        meter = bgwatch_meter(meter_provider)
-        self.operation_duration = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration.",
-            explicit_bucket_boundaries_advisory=list(GEN_AI_DURATION_BUCKETS),
-        )
-        self.token_usage = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=list(GEN_AI_TOKEN_BUCKETS),
-        )
-
-
 _otel_sinks: weakref.WeakKeyDictionary[otel_metrics.MeterProvider, OTelMetricsSink] = weakref.WeakKeyDictionary()
 
 
@@ -569,9 +497,10 @@ class OTelMetricsSink:
     """
 
     def __init__(self, meter_provider: otel_metrics.MeterProvider | None = None) -> None:
-        meter = bgwatch_meter(meter_provider)
-        self.genai_client = GenAIClientMetrics(meter_provider)
-        """The GenAI conventions' client metrics, recorded by the watcher's tracing."""
+        from . import __version__
+        from .tracing import SCHEMA_URL
+
+        meter = otel_metrics.get_meter("bgwatch", __version__, meter_provider, schema_url=SCHEMA_URL)
         self.failed = meter.create_counter(
             "bg_response_failed",
             unit="{response}",

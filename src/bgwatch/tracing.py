@@ -47,6 +47,7 @@ from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
@@ -54,13 +55,12 @@ from . import _locks
 from ._classify import CallKind, Observation, _parse_json
 from ._safe_log import describe
 from ._tracker import Attachment, Transition
-from .metrics import SCHEMA_URL, GenAIClientMetrics, ResponseLabels
+from .metrics import ResponseLabels
 
 __all__ = [
     "NOOP_CALL_SPAN",
     "CallSpan",
     "Tracing",
-    "experimental_genai",
     "finish_reason",
     "operation_name",
 ]
@@ -68,6 +68,11 @@ __all__ = [
 log = logging.getLogger("bgwatch")
 
 TRACER_NAME: Final = "bgwatch"
+SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.37.0"
+"""The semantic-conventions release whose GenAI attributes bgwatch's spans and instruments follow."""
+OPT_IN_ENV: Final = "OTEL_SEMCONV_STABILITY_OPT_IN"
+OPT_IN_GENAI: Final = "gen_ai_latest_experimental"
+"""As in the official GenAI instrumentations: with it, the experimental attributes below are set."""
 
 # Attribute names, with where each comes from.
 # semantic-conventions-genai, model/gen-ai/registry.yaml:
@@ -80,16 +85,26 @@ GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
 GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
 GEN_AI_RESPONSE_STATUS: Final = "gen_ai.response.status"
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
-GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
-GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
-GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
 # semantic-conventions-genai, model/openai/registry.yaml:
 OPENAI_API_TYPE: Final = "openai.api.type"
-OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
 # semantic-conventions (stable): server.*, error.*
 SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"
 ERROR_TYPE: Final = "error.type"
+GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
+# Experimental (no released semantic-conventions package has them yet): set under these names
+# only with OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental, else under bgwatch's own.
+EXPERIMENTAL_NAMES: Final[Mapping[str, str]] = {
+    GEN_AI_RESPONSE_STATUS: "bgwatch.response.status",
+    GEN_AI_REQUEST_STREAM_CURSOR: "bgwatch.request.stream_cursor",
+}
+EXPERIMENTAL_OPERATIONS: Final = frozenset(("fetch_response", "cancel_response"))
+"""Operation names no released convention has: ``gen_ai.operation.name`` only with the opt-in."""
+BGWATCH_OPERATION: Final = "bgwatch.operation"
+"""The operation, where ``gen_ai.operation.name`` may not carry it (an experimental one, no opt-in)."""
 # bgwatch's own (no convention covers them):
 BGWATCH_LIFECYCLE_DROPPED: Final = "bgwatch.lifecycle.dropped"
 """``evicted`` or ``expired``: the tracker forgot the response before it was seen terminal."""
@@ -119,11 +134,6 @@ _OPERATIONS: Final[Mapping[str, str]] = {
 # instrumentations also honour the plain string key for backward compatibility.
 _SUPPRESS_KEY: Final[str] = getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", "suppress_instrumentation")
 _SUPPRESS_KEY_PLAIN: Final = "suppress_instrumentation"
-
-SEMCONV_OPT_IN_ENV: Final = "OTEL_SEMCONV_STABILITY_OPT_IN"
-GEN_AI_LATEST_EXPERIMENTAL: Final = "gen_ai_latest_experimental"
-_EXPERIMENTAL_OPERATIONS: Final = frozenset({"fetch_response"})
-"""Operation names no released semantic-conventions package has yet."""
 
 ErrorHandler = Callable[[str, BaseException], None]
 
@@ -155,29 +165,51 @@ def finish_reason(status: str | None, incomplete_reason: str | None = None) -> s
     return None
 
 
-def experimental_genai() -> bool:
-    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` lists ``gen_ai_latest_experimental``.
-
-    The official GenAI instrumentations (opentelemetry-instrumentation's ``_semconv``) read the
-    variable the same way: a comma-separated list, entries stripped. Only then does bgwatch
-    emit what no released semantic-conventions package defines yet: ``gen_ai.operation.name``
-    = ``fetch_response`` (polls and stream resumes), ``gen_ai.response.status`` and
-    ``gen_ai.request.stream_cursor``. Read when the watcher is built.
-    """
-    opt_in = os.environ.get(SEMCONV_OPT_IN_ENV, "")
-    return GEN_AI_LATEST_EXPERIMENTAL in (entry.strip() for entry in opt_in.split(","))
+_DURATION_ATTRIBUTES: Final = frozenset(
+    (GEN_AI_OPERATION_NAME, GEN_AI_PROVIDER_NAME, GEN_AI_REQUEST_MODEL, SERVER_ADDRESS, SERVER_PORT)
+)
+# The conventions' advisory bucket boundaries (gen-ai metrics: gen_ai.client.*).
+DURATION_BOUNDARIES: Final = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TOKEN_BOUNDARIES: Final = tuple(4.0**n for n in range(14))  # 1, 4, 16 ... 67,108,864
 
 
-def usage_attributes(observation: Observation, *, tokens: bool = True) -> dict[str, AttributeValue]:
-    """``gen_ai.usage.*`` (with ``tokens``) and ``openai.response.service_tier`` of a body that has them."""
-    attributes: dict[str, AttributeValue] = {}
-    if tokens and observation.input_tokens is not None:
-        attributes[GEN_AI_USAGE_INPUT_TOKENS] = observation.input_tokens
-    if tokens and observation.output_tokens is not None:
-        attributes[GEN_AI_USAGE_OUTPUT_TOKENS] = observation.output_tokens
-    if observation.service_tier:
-        attributes[OPENAI_RESPONSE_SERVICE_TIER] = observation.service_tier[:64]
-    return attributes
+class GenAIMetrics:
+    """``gen_ai.client.operation.duration`` (per Responses API call) and ``gen_ai.client.token.usage``
+    (per finished response, its ``usage``), as the GenAI conventions define them."""
+
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        from opentelemetry import metrics as otel_metrics
+
+        from . import __version__
+
+        meter = otel_metrics.get_meter(TRACER_NAME, __version__, meter_provider, schema_url=SCHEMA_URL)
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BOUNDARIES),
+        )
+        self.tokens = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=list(TOKEN_BOUNDARIES),
+        )
+
+    def record_tokens(self, observation: Observation) -> None:
+        """The finished response's input and output tokens, once per response."""
+        attributes: dict[str, AttributeValue] = {GEN_AI_OPERATION_NAME: "chat", GEN_AI_PROVIDER_NAME: PROVIDER}
+        if observation.model:
+            attributes[GEN_AI_RESPONSE_MODEL] = observation.model
+        for token_type, count in (("input", observation.input_tokens), ("output", observation.output_tokens)):
+            if count is not None:
+                self.tokens.record(count, {**attributes, GEN_AI_TOKEN_TYPE: token_type})
+
+
+def genai_experimental_opted_in() -> bool:
+    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` lists ``gen_ai_latest_experimental``."""
+    values = os.environ.get(OPT_IN_ENV, "")
+    return OPT_IN_GENAI in (value.strip() for value in values.split(","))
 
 
 def suppressed() -> bool:
@@ -240,18 +272,23 @@ NOOP_CALL_SPAN: Final = CallSpan()
 
 
 class _RecordingCallSpan(CallSpan):
-    __slots__ = ("_ended", "_metric_attributes", "_span", "_start", "_tracing")
+    __slots__ = ("_capture", "_ended", "_metric", "_on_error", "_span", "_started", "_status_key")
 
-    def __init__(self, span: Span, tracing: Tracing, metric_attributes: dict[str, AttributeValue]) -> None:
+    def __init__(
+        self,
+        span: Span,
+        capture_error_messages: bool,
+        on_error: ErrorHandler,
+        status_key: str,
+        metric: tuple[GenAIMetrics, dict[str, AttributeValue]] | None = None,
+    ) -> None:
         self._span = span
-        self._tracing = tracing
+        self._capture = capture_error_messages
+        self._on_error = on_error
         self._ended = False
-        self._start = time.perf_counter()
-        self._metric_attributes = metric_attributes
-        """What ``gen_ai.client.operation.duration`` is recorded with (the conventions' set)."""
-
-    def _on_error(self, stage: str, exc: BaseException) -> None:
-        self._tracing._on_error(stage, exc)
+        self._status_key = status_key
+        self._metric = metric  # gen_ai.client.operation.duration: the instrument and its attributes
+        self._started = time.perf_counter()
 
     def activate(self) -> AbstractContextManager[None]:
         return self._activated()
@@ -275,8 +312,9 @@ class _RecordingCallSpan(CallSpan):
     def http_status(self, status_code: int) -> None:
         try:
             if status_code >= 400 and not self._ended:
-                self._metric_attributes[ERROR_TYPE] = str(status_code)
                 self._span.set_attribute(ERROR_TYPE, str(status_code))
+                if self._metric is not None:
+                    self._metric[1][ERROR_TYPE] = str(status_code)
                 self._span.set_status(Status(StatusCode.ERROR))
         except Exception as exc:
             self._on_error("trace", exc)
@@ -285,15 +323,13 @@ class _RecordingCallSpan(CallSpan):
         try:
             if self._ended:
                 return
-            # Tokens only on the inference call (a create): a poll performs no inference, and
-            # the fetch_response convention keeps usage off it; the lifecycle span has them.
-            attributes = usage_attributes(observation, tokens=observation.call == "create")
-            attributes[GEN_AI_RESPONSE_ID] = observation.response_id
+            attributes: dict[str, AttributeValue] = {GEN_AI_RESPONSE_ID: observation.response_id}
             if observation.model:
                 attributes[GEN_AI_RESPONSE_MODEL] = observation.model
-                self._metric_attributes[GEN_AI_RESPONSE_MODEL] = observation.model
-            if observation.status and self._tracing.experimental:
-                attributes[GEN_AI_RESPONSE_STATUS] = observation.status
+                if self._metric is not None:
+                    self._metric[1][GEN_AI_RESPONSE_MODEL] = observation.model
+            if observation.status:
+                attributes[self._status_key] = observation.status
             reason = finish_reason(observation.status, observation.incomplete_reason)
             if reason is not None:
                 attributes[GEN_AI_RESPONSE_FINISH_REASONS] = (reason,)
@@ -305,9 +341,10 @@ class _RecordingCallSpan(CallSpan):
         try:
             if self._ended:
                 return
-            self._metric_attributes[ERROR_TYPE] = error_type(exc)
             self._span.set_attribute(ERROR_TYPE, error_type(exc))
-            description = str(exc)[:_MAX_MESSAGE] if self._tracing.capture_error_messages else None
+            if self._metric is not None:
+                self._metric[1][ERROR_TYPE] = error_type(exc)
+            description = str(exc)[:_MAX_MESSAGE] if self._capture else None
             self._span.set_status(Status(StatusCode.ERROR, description or None))
         except Exception as error:
             self._on_error("trace", error)
@@ -317,13 +354,10 @@ class _RecordingCallSpan(CallSpan):
             return
         self._ended = True
         try:
-            metrics = self._tracing.genai_metrics
-            if metrics is not None:
-                metrics.operation_duration.record(time.perf_counter() - self._start, self._metric_attributes)
-        except Exception as exc:
-            self._on_error("trace", exc)
-        try:
             self._span.end()
+            if self._metric is not None:
+                instruments, attributes = self._metric
+                instruments.duration.record(time.perf_counter() - self._started, attributes)
         except Exception as exc:
             self._on_error("trace", exc)
 
@@ -344,7 +378,7 @@ def _duplicates(parent: Span, operation: str) -> bool:
     attributes = getattr(parent, "attributes", None)  # an SDK span; the API has no getter
     if not isinstance(attributes, Mapping):
         return False
-    if attributes.get(GEN_AI_OPERATION_NAME) != operation:
+    if operation not in (attributes.get(GEN_AI_OPERATION_NAME), attributes.get(BGWATCH_OPERATION)):
         return False
     provider = attributes.get(GEN_AI_PROVIDER_NAME) or attributes.get("gen_ai.system")
     if provider not in (PROVIDER, "azure.ai.openai"):
@@ -394,12 +428,6 @@ class Tracing:
         capture_error_messages: put the API's ``error.message`` (failed responses) and
             exception messages on span statuses. Off by default: messages are free text.
         on_error: how to count an internal error (the watcher's ``internal_error``).
-        genai_metrics: where to record the GenAI conventions' client metrics (the watcher
-            passes them when its OTel mirror is on); None records none.
-
-    The tracer's scope is ``bgwatch`` with the library version and :data:`~bgwatch.metrics.SCHEMA_URL`.
-    Experimental GenAI attributes only with ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental``
-    (see :func:`experimental_genai`).
     """
 
     def __init__(
@@ -408,14 +436,17 @@ class Tracing:
         *,
         capture_error_messages: bool = False,
         on_error: ErrorHandler | None = None,
-        genai_metrics: GenAIClientMetrics | None = None,
+        genai_metrics: bool = False,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         from . import __version__
 
         self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider, schema_url=SCHEMA_URL)
         self.capture_error_messages = capture_error_messages
-        self.experimental = experimental_genai()
-        self.genai_metrics = genai_metrics
+        self.experimental = genai_experimental_opted_in()
+        self.genai_metrics = GenAIMetrics(meter_provider) if genai_metrics else None
+        """The conventions' client histograms (with the OTel metrics mirror), or None."""
+        """Whether the experimental GenAI attribute names are used (``OTEL_SEMCONV_STABILITY_OPT_IN``)."""
         self._on_error: ErrorHandler = on_error if on_error is not None else _log_error
 
     # -- call spans ---------------------------------------------------------------------
@@ -428,21 +459,21 @@ class Tracing:
                 return NOOP_CALL_SPAN
             if _duplicates(trace.get_current_span(), operation):
                 return NOOP_CALL_SPAN
-            metric_attributes: dict[str, AttributeValue] = {GEN_AI_PROVIDER_NAME: PROVIDER}
-            if self.experimental or operation not in _EXPERIMENTAL_OPERATIONS:
-                metric_attributes[GEN_AI_OPERATION_NAME] = operation
+            attributes: dict[str, AttributeValue] = {
+                GEN_AI_PROVIDER_NAME: PROVIDER,
+                OPENAI_API_TYPE: API_TYPE,
+            }
             url = request.url
             host = url.host
             if host:
-                metric_attributes[SERVER_ADDRESS] = host
+                attributes[SERVER_ADDRESS] = host
                 port = url.port or (443 if url.scheme == "https" else 80)
-                metric_attributes[SERVER_PORT] = port
-            attributes = {**metric_attributes, OPENAI_API_TYPE: API_TYPE}
+                attributes[SERVER_PORT] = port
             name = operation
             if call == "create":
                 model, stream = _request_model_and_stream(request)
                 if model is not None:
-                    attributes[GEN_AI_REQUEST_MODEL] = metric_attributes[GEN_AI_REQUEST_MODEL] = model
+                    attributes[GEN_AI_REQUEST_MODEL] = model
                     name = f"{operation} {model}"
                 if stream:
                     attributes[GEN_AI_REQUEST_STREAM] = True
@@ -452,13 +483,26 @@ class Tracing:
                     attributes[GEN_AI_RESPONSE_ID] = response_id
                 if call in ("retrieve", "stream"):
                     cursor = url.params.get("starting_after")
-                    if cursor and self.experimental:
-                        attributes[GEN_AI_REQUEST_STREAM_CURSOR] = str(cursor)[:64]
+                    if cursor:
+                        attributes[self.name(GEN_AI_REQUEST_STREAM_CURSOR)] = str(cursor)[:64]
+            if self.experimental or operation not in EXPERIMENTAL_OPERATIONS:
+                attributes[GEN_AI_OPERATION_NAME] = operation
+            else:
+                attributes[BGWATCH_OPERATION] = operation
             span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-            return _RecordingCallSpan(span, self, metric_attributes)
+            metric = None
+            if self.genai_metrics is not None:
+                metric = (self.genai_metrics, {k: v for k, v in attributes.items() if k in _DURATION_ATTRIBUTES})
+            return _RecordingCallSpan(
+                span, self.capture_error_messages, self._on_error, self.name(GEN_AI_RESPONSE_STATUS), metric
+            )
         except Exception as exc:
             self._on_error("trace", exc)
             return NOOP_CALL_SPAN
+
+    def name(self, attribute: str) -> str:
+        """The name an experimental GenAI attribute is set under (its own only with the opt-in)."""
+        return attribute if self.experimental else EXPERIMENTAL_NAMES.get(attribute, attribute)
 
     # -- lifecycle spans (the Sink protocol) ---------------------------------------------
 
@@ -474,7 +518,6 @@ class Tracing:
         duration: float | None,
     ) -> None:
         """Update the lifecycle span of the observed response (Sink protocol)."""
-        self._record_token_usage(observation, transition)
         if transition is None:
             return
         lifecycle = transition.attachment
@@ -482,24 +525,6 @@ class Tracing:
             return
         try:
             lifecycle.observe(observation, transition, labels)
-        except Exception as exc:
-            self._on_error("trace", exc)
-
-    def _record_token_usage(self, observation: Observation, transition: Transition | None) -> None:
-        """``gen_ai.client.token.usage`` once per response: at its end, or its one create answer."""
-        metrics = self.genai_metrics
-        if metrics is None or (observation.input_tokens is None and observation.output_tokens is None):
-            return
-        once = transition.finished if transition is not None else observation.call == "create"
-        if not once:
-            return
-        try:
-            attributes: dict[str, AttributeValue] = {GEN_AI_OPERATION_NAME: "chat", GEN_AI_PROVIDER_NAME: PROVIDER}
-            if observation.model:
-                attributes[GEN_AI_RESPONSE_MODEL] = observation.model
-            for token_type, count in (("input", observation.input_tokens), ("output", observation.output_tokens)):
-                if count is not None:
-                    metrics.token_usage.record(count, {**attributes, GEN_AI_TOKEN_TYPE: token_type})
         except Exception as exc:
             self._on_error("trace", exc)
 
@@ -600,7 +625,7 @@ class _Lifecycle:
                 when = observation.completed_at if transition.finished else None
                 span.add_event(
                     f"response.{status}",
-                    {GEN_AI_RESPONSE_STATUS: status} if self._tracing.experimental else None,
+                    {self._tracing.name(GEN_AI_RESPONSE_STATUS): status},
                     timestamp=_ns(when) if when is not None else None,
                 )
                 self._last_status = status
@@ -616,9 +641,15 @@ class _Lifecycle:
         end_ns = _ns(end)
         try:
             status = observation.status
-            if self._tracing.experimental:
-                span.set_attribute(GEN_AI_RESPONSE_STATUS, status or "unknown")
-            span.set_attributes(usage_attributes(observation))
+            span.set_attribute(self._tracing.name(GEN_AI_RESPONSE_STATUS), status or "unknown")
+            if observation.input_tokens is not None:
+                span.set_attribute(GEN_AI_USAGE_INPUT_TOKENS, observation.input_tokens)
+            if observation.output_tokens is not None:
+                span.set_attribute(GEN_AI_USAGE_OUTPUT_TOKENS, observation.output_tokens)
+            if observation.service_tier is not None:
+                span.set_attribute(OPENAI_RESPONSE_SERVICE_TIER, observation.service_tier)
+            if self._tracing.genai_metrics is not None:
+                self._tracing.genai_metrics.record_tokens(observation)
             reason = finish_reason(status, observation.incomplete_reason)
             if reason is not None:
                 span.set_attribute(GEN_AI_RESPONSE_FINISH_REASONS, (reason,))
