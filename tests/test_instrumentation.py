@@ -9,11 +9,13 @@ are compared with the simulator's ledger.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,35 +177,24 @@ def test_instrument_wraps_every_client_once_and_uninstrument_restores(simulator:
     assert bgwatch_layers(own) == 1  # the constructor hook is the user's, not the instrumentor's
 
 
-def test_error_messages_only_with_the_genai_capture_variable(
-    simulator: Simulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for capture, expect_message in (("false", False), ("true", True)):
-        monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", capture)
-        tracer_provider, _, meter_provider, _ = in_memory()
-        instrumentor = BgwatchInstrumentor()
-        instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
-        try:
-            client = openai.OpenAI(base_url=simulator.base_url, api_key="sk")
-            assert instrumentor.watcher is not None
-            assert instrumentor.watcher.tracing is not None
-            assert instrumentor.watcher.tracing.capture_error_messages is expect_message
-            client.responses.create(model="gpt-4.1", input="hi", background=True)
-        finally:
-            instrumentor.uninstrument()
-
-
-def run_in_process(simulator: Simulator) -> tuple[list[Any], Any]:
+@contextlib.contextmanager
+def instrumented() -> Iterator[tuple[BgwatchInstrumentor, InMemorySpanExporter, InMemoryMetricReader]]:
+    """The instrumentor on in-memory providers, uninstrumented afterwards."""
     tracer_provider, exporter, meter_provider, reader = in_memory()
     instrumentor = BgwatchInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
     try:
+        yield instrumentor, exporter, reader
+    finally:
+        instrumentor.uninstrument()
+
+
+def run_in_process(simulator: Simulator) -> tuple[list[Any], Any]:
+    with instrumented() as (_, exporter, reader):
         client = openai.OpenAI(base_url=simulator.base_url, api_key="sk")
         response = client.responses.create(model="gpt-4.1", input="hi", background=True)
         while client.responses.retrieve(response.id).status in ("queued", "in_progress"):
             pass
-    finally:
-        instrumentor.uninstrument()
     return list(exporter.get_finished_spans()), reader.get_metrics_data()
 
 

@@ -50,8 +50,14 @@ _INSTRUMENTS: Collection[str] = ("openai >= 1.66",)
 _CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 
+# "true": opentelemetry-instrumentation-openai-v2's value; "span_only"/"span_and_event":
+# opentelemetry-util-genai's content capturing modes that put content on spans ("event_only"
+# and "no_content" do not).
+_CAPTURE_VALUES = frozenset({"true", "1", "yes", "span_only", "span_and_event"})
+
+
 def _capture_messages() -> bool:
-    return os.environ.get(_CAPTURE_ENV, "").strip().lower() in ("true", "1", "yes")
+    return os.environ.get(_CAPTURE_ENV, "").strip().lower() in _CAPTURE_VALUES
 
 
 class BgwatchInstrumentor(BaseInstrumentor):  # type: ignore[misc,unused-ignore]
