@@ -40,6 +40,13 @@ from bgwatch.transports import sdk_library
 
 from .conftest import FakeAPI, response_body, sample
 
+
+@pytest.fixture(autouse=True)
+def _genai_latest_experimental(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the experimental GenAI names (test_instrumentation covers the default)."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+
+
 SDK_LIBRARY = sdk_library()  # httpx2 on openai >= 3, httpx on openai 2.x
 http_module: Any = pytest.importorskip(SDK_LIBRARY)
 

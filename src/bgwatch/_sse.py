@@ -15,9 +15,15 @@ inside somebody else's HTTP client:
   longer than ``max_line_bytes`` are ignored, and comments, unknown fields and
   ``retry:`` are discarded as they stream by, never buffered.
 * :meth:`SSEParser.close` dispatches a final event that was not followed by a
-  blank line (the spec discards it). A stream cut short is exactly the case
-  bgwatch needs to see: the last event may be the one reporting a failure.
+  blank line (the spec discards it), unless ``sdk_compatible``.
 * Nothing raises on malformed input; invalid UTF-8 decodes with U+FFFD.
+
+``sdk_compatible=True`` makes the parser dispatch exactly the events the openai SDK's own
+decoder (``openai._streaming.SSEDecoder``) dispatches, which departs from the spec in three
+ways: a byte order mark is not stripped (the first line then names an unknown field), an
+event is dispatched at a blank line when it has data, an event type, a valid ``retry:`` or a
+non-empty last event ID (an event with no data line then carries ``""``, which the SDK fails
+to parse as JSON), and a last event with no blank line after it is never dispatched.
 
 Line splitting works on bytes: CR, LF and ``:`` are ASCII, and UTF-8
 decoding with ``errors="replace"`` never swallows an ASCII byte, so splitting
@@ -111,16 +117,18 @@ class SSEParser:
         "_head",
         "_id",
         "_id_str",
-        "_like_sdk",
         "_line",
         "_max_data",
         "_max_line",
         "_mode",
-        "_retry",
+        "_retry_set",
+        "_sdk",
         "_truncated",
     )
 
-    def __init__(self, *, max_data_bytes: int = 65536, max_line_bytes: int = 4096, like_sdk: bool = False) -> None:
+    def __init__(
+        self, *, max_data_bytes: int = 65536, max_line_bytes: int = 4096, sdk_compatible: bool = False
+    ) -> None:
         """Create a parser for one stream.
 
         Args:
@@ -130,11 +138,8 @@ class SSEParser:
                 name included; longer ones are ignored. Data lines are bounded
                 by ``max_data_bytes`` instead, and comments and unknown fields
                 are never buffered, so they have no line limit.
-            like_sdk: Dispatch as the openai SDK's ``SSEDecoder`` does instead of as the
-                spec says: a leading BOM is not stripped (it makes the first field name
-                unknown), a blank line after an ``event:``, ``id:`` (the last one persists)
-                or valid ``retry:`` line dispatches an event even without data (with data
-                ""), and :meth:`close` never dispatches an unterminated event.
+            sdk_compatible: dispatch what the openai SDK's decoder dispatches (see the module
+                docstring) instead of what the spec says.
 
         Raises:
             ValueError: If a limit is negative.
@@ -143,10 +148,10 @@ class SSEParser:
             raise ValueError("max_data_bytes and max_line_bytes must be >= 0")
         self._max_data = max_data_bytes
         self._max_line = max_line_bytes
-        self._like_sdk = like_sdk
-        self._retry = False  # a valid retry: line was seen in this event (like_sdk only)
+        self._sdk = sdk_compatible
+        self._retry_set = False  # a valid retry: line since the last dispatch (SDK mode only)
         # Stream position state.
-        self._at_start = True  # the first bytes may be a BOM, possibly split across chunks
+        self._at_start = not sdk_compatible  # the first bytes may be a BOM, possibly split across chunks
         self._head = b""  # first bytes of the stream while they are still a BOM prefix
         self._cr_pending = False  # last chunk ended in CR: a leading LF finishes that CRLF
         self._closed = False
@@ -220,7 +225,7 @@ class SSEParser:
         # "\xef\xbb") is dropped: as a line it would be an unknown field.
         self._head = b""
         self._end_line(events)
-        if self._has_data and not self._like_sdk:
+        if self._has_data and not self._sdk:
             events.append(self._dispatch())
         self._closed = True
         # Release the buffers: a closed parser holds nothing.
@@ -233,8 +238,6 @@ class SSEParser:
 
     def _feed(self, chunk: bytes, events: list[SSEEvent]) -> None:
         """Parse one non-empty chunk, appending completed events to ``events``."""
-        if self._at_start and self._like_sdk:
-            self._at_start = False
         if self._at_start:
             chunk = self._head + chunk
             if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
@@ -281,6 +284,9 @@ class SSEParser:
                 if not line:
                     # Blank line: dispatch. This is _dispatch() inlined for the
                     # common, untruncated case.
+                    if not self._has_data and self._sdk and (self._event or self._id or self._retry_set):
+                        events.append(self._dispatch())  # the SDK's dataless event: data ""
+                        continue
                     if self._has_data:
                         if self._truncated:
                             events.append(self._dispatch())
@@ -296,9 +302,7 @@ class SSEParser:
                         )
                         self._data = b""
                         self._has_data = False
-                        self._retry = False
-                    elif self._like_sdk and (self._event or self._id or self._retry):
-                        events.append(self._dispatch())
+                        self._retry_set = False
                     self._event = b""
                 elif line.startswith(b"data:"):
                     value = line[6:] if line[5:6] == b" " else line[5:]
@@ -338,14 +342,13 @@ class SSEParser:
         elif name == b"id" and len(line) <= self._max_line and b"\x00" not in value:
             # The spec ignores an id containing NUL; an over-long one is junk.
             self._set_id(value)
-        elif name == b"retry" and self._like_sdk:
-            # The SDK keeps int(value) when it parses; only whether it did matters here.
+        elif name == b"retry" and self._sdk:
+            # The SDK keeps a retry that int() accepts, and a kept one makes the next blank line dispatch.
             try:
                 int(value.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                pass
-            else:
-                self._retry = True
+            except ValueError:
+                return
+            self._retry_set = True
         # Anything else is ignored.
 
     def _feed_partial(self, piece: bytes) -> None:
@@ -385,7 +388,7 @@ class SSEParser:
                     self._start_data_line()
                     mode = _DATA_START
                     piece = rest
-                elif name in (b"event", b"id") or (name == b"retry" and self._like_sdk):
+                elif name in (b"event", b"id") or (name == b"retry" and self._sdk):
                     if known + len(piece) > self._max_line:
                         mode = _SKIP
                         self._line.clear()
@@ -479,7 +482,7 @@ class SSEParser:
         self._data = b""
         self._has_data = False
         self._truncated = False
-        self._retry = False
+        self._retry_set = False
         self._event = b""
         return event
 

@@ -188,7 +188,11 @@ class Watcher:
             from .tracing import Tracing
 
             self.tracing = Tracing(
-                tracer_provider, capture_error_messages=capture_error_messages, on_error=self.internal_error
+                tracer_provider,
+                capture_error_messages=capture_error_messages,
+                on_error=self.internal_error,
+                genai_metrics=otel,  # the conventions' client histograms go with the OTel metrics mirror
+                meter_provider=meter_provider,
             )
             all_sinks.append(self.tracing)
         all_sinks.extend(sinks)

@@ -497,7 +497,10 @@ class OTelMetricsSink:
     """
 
     def __init__(self, meter_provider: otel_metrics.MeterProvider | None = None) -> None:
-        meter = otel_metrics.get_meter("bgwatch", meter_provider=meter_provider)
+        from . import __version__
+        from .tracing import SCHEMA_URL
+
+        meter = otel_metrics.get_meter("bgwatch", __version__, meter_provider, schema_url=SCHEMA_URL)
         self.failed = meter.create_counter(
             "bg_response_failed",
             unit="{response}",

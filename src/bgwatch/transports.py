@@ -210,10 +210,12 @@ class _SyncAdapter:
                     # An event stream is wrapped, never read here: the wrapper observes it as
                     # the SDK iterates and ends the span when the stream ends. Errors are the
                     # SDK's business.
-                    if hook.wants_stream(response.status_code, content_type) and observe_stream(
-                        hook, call, span, response, self._module, asynchronous=False
-                    ):
-                        return response
+                    if hook.wants_stream(response.status_code, content_type):
+                        observed = observe_stream(
+                            hook, call, span, response, self._module, request=request, asynchronous=False
+                        )
+                        if observed is not None:
+                            return observed
                     span.end()
                     return response
                 try:
@@ -272,10 +274,12 @@ class _AsyncAdapter:
                 span.http_status(response.status_code)
                 content_type = response.headers.get("content-type")
                 if not hook.wants_body(response.status_code, content_type):
-                    if hook.wants_stream(response.status_code, content_type) and observe_stream(
-                        hook, call, span, response, self._module, asynchronous=True
-                    ):
-                        return response  # the wrapper ends the span, as in the sync adapter
+                    if hook.wants_stream(response.status_code, content_type):
+                        observed = observe_stream(
+                            hook, call, span, response, self._module, request=request, asynchronous=True
+                        )
+                        if observed is not None:
+                            return observed  # the wrapper ends the span, as in the sync adapter
                     span.end()
                     return response
                 try:
