@@ -496,3 +496,105 @@ def test_regression_random_bytes_stay_equal() -> None:
         for _ in range(3)
     )
     _regress(data, ["in_progress"] * 3)
+
+
+# -- the delta pre-check: it skips json.loads only where json.loads finds nothing to count ----------
+
+_PIECES = st.sampled_from(
+    [
+        '{"type":',
+        '"response.output_text.delta"',
+        '"response.completed"',
+        '"error"',
+        '"type"',
+        '"typ\\u0065"',
+        ",",
+        ":",
+        '"delta":',
+        '"x"',
+        "0",
+        "01",
+        "-1",
+        "1" * 25,
+        "[]",
+        "[1]",
+        "{}",
+        "true",
+        "nul",
+        " ",
+        "\n",
+        "\t",
+        "\\",
+        '\\"',
+        "\\u00e9",
+        "\\ud800",
+        "\\x",
+        "\x01",
+        "é",
+        "}",
+        '"',
+        "[DONE]",
+    ]
+)
+
+
+_KEYS = st.sampled_from(['"a"', '"type"', '"error"', '"typ\\u0065"', '"x y"', '"é"', "a"])
+_VALUES = st.sampled_from(
+    [
+        '"s"',
+        '"\\u00e9"',
+        '"\\ud800"',
+        '"\\x"',
+        '"\x01"',
+        "0",
+        "01",
+        "-1",
+        "1" * 25,
+        "[]",
+        "[ ]",
+        "[1]",
+        "{}",
+        "true",
+        "nul",
+        '"\\\\"',
+        '"é"',
+        '"response.failed"',
+        " 1 ",
+        "\n2",
+    ]
+)
+_MEMBERS = st.lists(st.tuples(_KEYS, _VALUES), max_size=6).map(lambda ms: "".join(f",{k}:{v}" for k, v in ms))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.lists(_PIECES, max_size=14).map("".join), _MEMBERS), st.booleans())
+def test_precheck_skips_only_events_json_finds_nothing_in(data: str, framed: bool) -> None:
+    from bgwatch._streams import LIFECYCLE_EVENTS, _is_plain_other_event
+
+    if framed:  # members of a plain event, or near misses
+        data = '{"type":"response.x.delta"' + data + "}"
+
+    if not _is_plain_other_event(data):
+        return
+    payload = json.loads(data)  # must not raise
+    assert isinstance(payload, dict)
+    assert not payload.get("error")
+    assert payload.get("type") not in LIFECYCLE_EVENTS | {"error"}
+
+
+def test_precheck_skips_the_api_delta_shape() -> None:
+    from bgwatch._streams import _is_plain_other_event
+
+    delta = {
+        "type": "response.output_text.delta",
+        "content_index": 0,
+        "delta": 'Hi \u00e9\n"',
+        "item_id": "msg_1",
+        "logprobs": [],
+        "output_index": 0,
+        "sequence_number": 4,
+        "obfuscation": "abc",
+    }
+    assert _is_plain_other_event(json.dumps(delta))
+    assert _is_plain_other_event(json.dumps(delta, separators=(",", ":")))
+    assert not _is_plain_other_event(json.dumps({**delta, "type": "response.failed"}))
