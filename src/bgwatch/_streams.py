@@ -16,6 +16,10 @@ Exactly what the SDK yields
     stops (data starting with ``[DONE]``, data that is not JSON, data whose ``error`` member is
     truthy, for which it raises ``APIError``, a line that is not UTF-8), the observer stops
     too: nothing after it counts. ``tests/test_differential_streams.py`` holds the proof.
+    The frequent delta events skip the ``json.loads`` when an exact pre-check
+    (:func:`_is_plain_other_event`) proves that it would succeed and find a type that does
+    not count: a flat object of plain members, no escaped or second ``type`` key, no ``error``
+    member; anything else is parsed.
 
 Memory
     One event's data at a time, as the SDK itself holds it, up to :data:`MAX_EVENT_DATA`;
