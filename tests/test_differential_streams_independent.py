@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import random
+import re
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -328,6 +329,15 @@ def summary(events: list[Any], raised: BaseException | None) -> tuple[list[str],
     return [repr(event) for event in events], None if raised is None else f"{type(raised).__name__}: {raised}"
 
 
+SDK_2 = openai.__version__.startswith("2.")
+
+
+def mixed_endings(data: bytes) -> bool:
+    """Whether the stream mixes LF, CRLF and CR line endings."""
+    kinds = (b"\r\n" in data, re.search(rb"(?<!\r)\n", data) is not None, re.search(rb"\r(?!\n)", data) is not None)
+    return sum(kinds) > 1
+
+
 def check(rig: Rig, data: bytes, cuts: list[int], loaded: bool) -> None:
     rig.served.update(data=data, cuts=cuts, loaded=loaded)
     bare_events, bare_raised = rig.run(rig.bare)
@@ -353,7 +363,14 @@ def check(rig: Rig, data: bytes, cuts: list[int], loaded: bool) -> None:
         # The events before the failing one reach the caller, and not the failing one.
         lifecycle = [i for i, e in enumerate(bare_events) if sdk_view(getattr(e, "response", None)) is not None]
         stop = lifecycle[failing]
-        assert [repr(e) for e in events_seen] == [repr(e) for e in bare_events[:stop]]
+        before = [repr(e) for e in bare_events[:stop]]
+        if SDK_2 and mixed_endings(data):
+            # openai 2.x yields events only when its buffer ends in "\n\n", "\r\r" or
+            # "\r\n\r\n": after "\n\r\n" it holds the events until more bytes come, so no cut
+            # can hand it the events before the failing one without the failing one.
+            assert [repr(e) for e in events_seen] == before[: len(events_seen)]
+        else:
+            assert [repr(e) for e in events_seen] == before
     assert recorder.internal_errors == []
 
 
