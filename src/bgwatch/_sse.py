@@ -26,6 +26,7 @@ before decoding gives the same result as the spec's decode-then-split.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -115,10 +116,12 @@ class SSEParser:
         "_max_data",
         "_max_line",
         "_mode",
+        "_retry",
+        "_sdk",
         "_truncated",
     )
 
-    def __init__(self, *, max_data_bytes: int = 65536, max_line_bytes: int = 4096) -> None:
+    def __init__(self, *, max_data_bytes: int = 65536, max_line_bytes: int = 4096, sdk: bool = False) -> None:
         """Create a parser for one stream.
 
         Args:
@@ -128,6 +131,11 @@ class SSEParser:
                 name included; longer ones are ignored. Data lines are bounded
                 by ``max_data_bytes`` instead, and comments and unknown fields
                 are never buffered, so they have no line limit.
+            sdk: Dispatch as the openai SDK's ``SSEDecoder`` does rather than as the spec
+                says: a blank line also dispatches an event without data (data ``""``) when
+                an ``event:``, an integer ``retry:`` or a non-empty last event ID is pending,
+                and a leading byte order mark is kept (the SDK reads it as part of the
+                first field name).
 
         Raises:
             ValueError: If a limit is negative.
@@ -136,8 +144,10 @@ class SSEParser:
             raise ValueError("max_data_bytes and max_line_bytes must be >= 0")
         self._max_data = max_data_bytes
         self._max_line = max_line_bytes
+        self._sdk = sdk
+        self._retry = False  # an integer retry: line is pending (sdk mode: it makes a dispatch)
         # Stream position state.
-        self._at_start = True  # the first bytes may be a BOM, possibly split across chunks
+        self._at_start = not sdk  # the first bytes may be a BOM, possibly split across chunks
         self._head = b""  # first bytes of the stream while they are still a BOM prefix
         self._cr_pending = False  # last chunk ended in CR: a leading LF finishes that CRLF
         self._closed = False
@@ -270,7 +280,7 @@ class SSEParser:
                 if not line:
                     # Blank line: dispatch. This is _dispatch() inlined for the
                     # common, untruncated case.
-                    if self._has_data:
+                    if self._has_data or (self._sdk and (self._event or self._id or self._retry)):
                         if self._truncated:
                             events.append(self._dispatch())
                             continue
@@ -285,6 +295,7 @@ class SSEParser:
                         )
                         self._data = b""
                         self._has_data = False
+                        self._retry = False
                     self._event = b""
                 elif line.startswith(b"data:"):
                     value = line[6:] if line[5:6] == b" " else line[5:]
@@ -324,7 +335,12 @@ class SSEParser:
         elif name == b"id" and len(line) <= self._max_line and b"\x00" not in value:
             # The spec ignores an id containing NUL; an over-long one is junk.
             self._set_id(value)
-        # Anything else, "retry" included, is ignored.
+        elif name == b"retry" and self._sdk:
+            # The SDK keeps a retry that int() accepts, and then dispatches on a blank line.
+            with contextlib.suppress(ValueError):
+                int(value.decode("utf-8", "replace"))
+                self._retry = True
+        # Anything else (retry outside sdk mode) is ignored.
 
     def _feed_partial(self, piece: bytes) -> None:
         """Add ``piece`` to the line in progress, which it does not end."""
@@ -363,7 +379,7 @@ class SSEParser:
                     self._start_data_line()
                     mode = _DATA_START
                     piece = rest
-                elif name in (b"event", b"id"):
+                elif name in (b"event", b"id") or (name == b"retry" and self._sdk):
                     if known + len(piece) > self._max_line:
                         mode = _SKIP
                         self._line.clear()
@@ -457,6 +473,7 @@ class SSEParser:
         self._data = b""
         self._has_data = False
         self._truncated = False
+        self._retry = False
         self._event = b""
         return event
 

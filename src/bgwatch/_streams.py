@@ -83,8 +83,13 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_EVENT_DATA", "StreamObserver", "observe_stream"]
 
-MAX_EVENT_DATA: Final = 64 * 1024
-"""Bytes of one event's data kept for parsing; the fields bgwatch reads come first."""
+MAX_EVENT_DATA: Final = 16 * 1024 * 1024
+"""Bytes of one event's data kept for parsing (the SDK holds every whole event in memory).
+
+Every event the real API sends is far smaller, so each is parsed whole and exactly as the SDK
+parses it; only a longer one is read in jiter's partial mode. The parser of one stream holds at
+most about ``4 * MAX_EVENT_DATA`` bytes (one event's data, one ``event:``/``id:``/``retry:``
+line, the event name and the last event ID), and only while such an event streams by."""
 
 LIFECYCLE_EVENTS: Final = frozenset(
     (
@@ -107,7 +112,6 @@ _LINE_BREAKS: Final = re.compile(rb"[\r\n]+")
 # A line whose field name is "data" ("data:..." or a bare "data"): what makes a blank line
 # dispatch an event.
 _DATA_LINE: Final = re.compile(rb"(?:\A|[\r\n])data(?::|[\r\n]|\Z)")
-_PEEK_BYTES: Final = 256
 
 
 class StreamObserver:
@@ -147,7 +151,9 @@ class StreamObserver:
         self._error_message: str | None = None
         self._error_for: str | None = None
         self._decoder: _Decoder | None = _Decoder.for_encoding(headers.get("content-encoding"))
-        self._parser: SSEParser | None = SSEParser(max_data_bytes=MAX_EVENT_DATA)
+        self._parser: SSEParser | None = SSEParser(
+            max_data_bytes=MAX_EVENT_DATA, max_line_bytes=MAX_EVENT_DATA, sdk=True
+        )
 
     @property
     def observing(self) -> bool:
@@ -191,7 +197,8 @@ class StreamObserver:
             events: list[SSEEvent] = []
             if self._decoder is not None:
                 events += parser.feed(self._decoder.flush())
-            events += parser.close()
+            # parser.close() would dispatch an unterminated last event, which the SDK never
+            # yields: it is not observed.
             for event in events:
                 error = self._on_event(event)
                 if error is not None and self._raise:
@@ -231,21 +238,37 @@ class StreamObserver:
         return _encoded_cut(before, chunk, start, spans[index][0])
 
     def _on_event(self, event: SSEEvent) -> BackgroundResponseError | None:
-        """Record what one event says; the exception ``raise_on`` calls for, if any."""
-        name = event.event
-        if name is None:  # no "event:" line: the SDK goes by data.type, so do we
-            name = _peek_type(event.data)
-        if name not in _WANTED_EVENTS:
+        """Record what one event says, as the SDK reads it; the exception ``raise_on`` calls for.
+
+        The SDK decides by the data alone (``data.type``), never by the ``event:`` line; it
+        stops at ``[DONE]`` and raises (ending the stream for its caller) at data that is not
+        JSON and at a mapping with a truthy top-level ``error``: nothing after those counts.
+        """
+        data = event.data
+        if data.startswith("[DONE]"):
+            self._parser = self._decoder = None
+            return None
+        if not event.truncated and '"response"' not in data and '"error"' not in data and "\\u" not in data:
+            # Cheap and exact: neither key can be in the JSON (even as a duplicate key), so
+            # the event is no lifecycle or error event. Only its validity is left to check.
+            if not _is_json(data):
+                self._parser = self._decoder = None
             return None
         try:
-            payload = _parse_json(event.data.encode(), partial=event.truncated)
+            payload = _parse_json(data.encode(), partial=event.truncated)
         except ValueError:
-            return None  # not JSON: the SDK will say so to the caller; nothing to observe
+            self._parser = self._decoder = None  # the SDK raises: its stream ends here
+            return None
         if not isinstance(payload, dict):
             return None
-        kind = payload.get("type", name)
+        if payload.get("error") and not (event.event and event.event.startswith("thread.")):
+            self._parser = self._decoder = None  # the SDK raises APIError here
+            return None
+        kind = payload.get("type")
         if kind == "error":
             self._remember_error(payload)
+            return None
+        if kind not in LIFECYCLE_EVENTS:
             return None
         response = payload.get("response")
         if not isinstance(response, dict):
@@ -293,17 +316,13 @@ class StreamObserver:
         self._hook.watcher.internal_error("stream", exc)
 
 
-def _peek_type(data: str) -> str | None:
-    """``type`` of an event's JSON data from its first bytes (the API sends it first)."""
+def _is_json(data: str) -> bool:
+    """Whether ``json.loads`` (the SDK's ``sse.json()``) accepts ``data``."""
     try:
-        head = _parse_json(data[:_PEEK_BYTES].encode(), partial=True)
+        _parse_json(data.encode(), partial=False)
     except ValueError:
-        return None
-    if not isinstance(head, dict):
-        return None
-    kind = head.get("type")
-    # A string cut by the peek is dropped by partial mode, so a present type is whole.
-    return kind if isinstance(kind, str) else None
+        return False
+    return True
 
 
 def _dispatch_spans(data: bytes, count: int, previous: int) -> list[tuple[int, int]] | None:
