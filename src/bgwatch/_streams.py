@@ -178,6 +178,8 @@ class StreamObserver:
             events = parser.feed(data)
             for index, event in enumerate(events):
                 error = self._on_event(event)
+                if self._parser is None and error is None:
+                    return len(chunk), None  # the SDK stops at this event: nothing after counts
                 if error is not None:
                     self._parser = self._decoder = None  # the stream ends here for the caller
                     return self._cut(chunk, data, before, index, len(events)), error
@@ -203,6 +205,8 @@ class StreamObserver:
                 error = self._on_event(event)
                 if error is not None and self._raise:
                     return error
+                if self._parser is None:
+                    break  # the SDK stops at this event
         except Exception as exc:
             self._stop(exc)
         finally:

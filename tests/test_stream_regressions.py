@@ -1,0 +1,179 @@
+"""Named regressions of issue 11 (streams): each stream class that was miscounted before.
+
+The oracle is the SDK itself: the same bytes go to a client without bgwatch, and the lifecycle
+events it yields are what bgwatch must count (no more, no fewer), with what it yields unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import openai
+import pytest
+
+import bgwatch
+
+from .conftest import client_class, response_body, transport_class
+from .test_streams import MODEL, Recorder, Served, recording_watcher, sdk_client
+
+LIFECYCLE = {"response.created", "response.queued", "response.in_progress", "response.completed"}
+LIFECYCLE |= {"response.failed", "response.incomplete"}
+
+
+def event(data: Any, *, name: str | None = None, end: bytes = b"\n\n") -> bytes:
+    head = b"event: " + name.encode() + b"\n" if name is not None else b""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return head + b"data: " + text.encode() + end
+
+
+def lifecycle(kind: str, status: str, **fields: Any) -> dict[str, Any]:
+    body = response_body("resp_reg", status, code="server_error" if status == "failed" else None, model=MODEL)
+    body.update(fields)
+    return {"type": kind, "sequence_number": 0, "response": body}
+
+
+def sdk_yields(library: str, body: bytes) -> tuple[list[tuple[str, str | None]], bool]:
+    """(type, response status) of every event the bare SDK yields, and whether it raised."""
+    served = Served(library, [body])
+    http = client_class(library)(transport=served.transport())
+    client = openai.OpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=http, max_retries=0)
+    got: list[tuple[str, str | None]] = []
+    try:
+        for e in client.responses.create(model=MODEL, input="hi", background=True, stream=True):
+            response = getattr(e, "response", None)
+            got.append((e.type, getattr(response, "status", None)))
+    except Exception:
+        return got, True
+    return got, False
+
+
+def through_bgwatch(library: str, body: bytes, chunks: list[bytes] | None = None) -> tuple[list[Any], Recorder, bool]:
+    watcher, recorder = recording_watcher()
+    client = sdk_client(library, Served(library, chunks or [body]).transport(), watcher)
+    got: list[tuple[str, str | None]] = []
+    try:
+        for e in client.responses.create(model=MODEL, input="hi", background=True, stream=True):
+            response = getattr(e, "response", None)
+            got.append((e.type, getattr(response, "status", None)))
+    except Exception:
+        return got, recorder, True
+    return got, recorder, False
+
+
+def assert_counts_as_sdk_yields(library: str, body: bytes) -> Recorder:
+    expected, expected_raised = sdk_yields(library, body)
+    for chunks in ([body], [body[i : i + 1] for i in range(len(body))]):
+        got, recorder, raised = through_bgwatch(library, body, chunks)
+        assert (got, raised) == (expected, expected_raised)
+        assert [s[2] for s in recorder.seen] == [status for kind, status in expected if kind in LIFECYCLE]
+        assert recorder.errors == []
+    return recorder
+
+
+def test_data_type_decides_not_the_event_line(library: str) -> None:
+    body = event(lifecycle("response.created", "queued"), name="response.output_text.delta")
+    body += event(lifecycle("response.failed", "failed"), name="message")
+    body += event(lifecycle("response.failed", "failed"))  # no event line at all
+    assert len(assert_counts_as_sdk_yields(library, body).seen) == 3
+
+
+def test_trailing_space_event_line_hides_no_failure(library: str) -> None:
+    body = event(lifecycle("response.failed", "failed"), name="response.failed ")
+    assert [s[2] for s in assert_counts_as_sdk_yields(library, body).seen] == ["failed"]
+
+
+def test_type_late_in_the_data_is_found() -> None:
+    data = lifecycle("response.failed", "failed")
+    late = {"sequence_number": 0, "response": data["response"], "pad": "x" * 1000, "type": "response.failed"}
+    assert [s[2] for s in assert_counts_as_sdk_yields("httpx2", event(late)).seen] == ["failed"]
+
+
+def test_unterminated_last_event_is_not_counted(library: str) -> None:
+    body = event(lifecycle("response.created", "queued")) + event(lifecycle("response.failed", "failed"), end=b"\n")
+    assert [s[2] for s in assert_counts_as_sdk_yields(library, body).seen] == ["queued"]
+
+
+def test_nothing_after_done_counts(library: str) -> None:
+    body = event(lifecycle("response.created", "queued")) + event("[DONE]")
+    body += event(lifecycle("response.failed", "failed"))
+    assert [s[2] for s in assert_counts_as_sdk_yields(library, body).seen] == ["queued"]
+
+
+def test_invalid_json_and_top_level_error_end_the_stream_as_for_the_sdk(library: str) -> None:
+    for stopper in (event("{not json"), event({"type": "error", "error": {"code": "x", "message": "m"}})):
+        body = event(lifecycle("response.created", "queued")) + stopper + event(lifecycle("response.failed", "failed"))
+        assert [s[2] for s in assert_counts_as_sdk_yields(library, body).seen] == ["queued"]
+
+
+def test_event_line_without_data_ends_the_stream_as_for_the_sdk(library: str) -> None:
+    body = event(lifecycle("response.created", "queued")) + b"event: ping\n\n"
+    body += event(lifecycle("response.failed", "failed"))
+    assert [s[2] for s in assert_counts_as_sdk_yields(library, body).seen] == ["queued"]
+
+
+def test_64_kib_of_instructions_before_model_keeps_the_model_label(library: str) -> None:
+    data = lifecycle("response.failed", "failed")
+    response = {"id": "resp_reg", "instructions": "i" * 100_000, **data["response"]}
+    body = event({"type": "response.failed", "sequence_number": 0, "response": response})
+    recorder = assert_counts_as_sdk_yields(library, body)
+    assert [(s[2], s[5]) for s in recorder.seen] == [("failed", MODEL)]
+
+
+def test_sdk_field_order_with_big_tools_before_status_is_counted(library: str) -> None:
+    base = lifecycle("response.failed", "failed")["response"]
+    tools = [{"type": "function", "name": f"f{n}", "parameters": {"pad": "p" * 2000}} for n in range(60)]
+    ordered = {k: v for k, v in base.items() if k != "status"}
+    response = {**ordered, "tools": tools, "output": [], "status": "failed"}
+    body = event({"type": "response.failed", "response": response, "sequence_number": 0})
+    assert [s[2] for s in assert_counts_as_sdk_yields(library, body).seen] == ["failed"]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_loaded_event_stream_body_is_observed(library: str, asynchronous: bool) -> None:
+    body = event(lifecycle("response.created", "queued")) + event(lifecycle("response.failed", "failed"))
+    module = Served(library, [body]).module
+    headers = {"content-type": "text/event-stream"}
+
+    def handler(request: Any) -> Any:
+        return module.Response(200, headers=headers, content=body)
+
+    async def async_handler(request: Any) -> Any:
+        return handler(request)
+
+    inner = module.MockTransport(async_handler if asynchronous else handler)
+    watcher, recorder = recording_watcher()
+    transport = transport_class(library, asynchronous)(inner, watcher=watcher)
+    http = client_class(library, asynchronous)(transport=transport)
+    if asynchronous:
+        client: Any = openai.AsyncOpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=http)
+
+        async def run() -> list[str]:
+            stream = await client.responses.create(model=MODEL, input="hi", background=True, stream=True)
+            return [e.type async for e in stream]
+
+        types = asyncio.run(run())
+    else:
+        client = openai.OpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=http)
+        types = [e.type for e in client.responses.create(model=MODEL, input="hi", background=True, stream=True)]
+    assert types == ["response.created", "response.failed"]
+    assert [s[2] for s in recorder.seen] == ["queued", "failed"]
+
+
+def test_loaded_body_in_raise_mode_yields_events_before_the_failure(library: str) -> None:
+    body = event(lifecycle("response.created", "queued")) + event(lifecycle("response.failed", "failed"))
+    module = Served(library, [body]).module
+    inner = module.MockTransport(
+        lambda request: module.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+    )
+    watcher, _ = recording_watcher()
+    transport = transport_class(library)(inner, watcher=watcher, raise_on=("failed",))
+    client = openai.OpenAI(
+        api_key="sk-test", base_url="http://api.test/v1", http_client=client_class(library)(transport=transport)
+    )
+    types: list[str] = []
+    with pytest.raises(bgwatch.BackgroundResponseError):
+        for e in client.responses.create(model=MODEL, input="hi", background=True, stream=True):
+            types.append(e.type)
+    assert types == ["response.created"]
