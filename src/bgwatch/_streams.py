@@ -5,9 +5,20 @@ answer with ``text/event-stream``. The transports (:mod:`bgwatch.transports`) sw
 response's byte stream for a thin wrapper from :func:`observe_stream`: every chunk the inner
 transport produces is handed to the client as is, the moment it arrives (one chunk out per
 chunk in: no read-ahead, no added latency), and the same bytes object is fed to an
-incremental :class:`~bgwatch._sse.SSEParser` on the way. The parser keeps O(1) memory per stream: one
-event's data, at most :data:`MAX_EVENT_DATA` bytes of it (a longer ``response`` object is read
-in jiter's partial mode, as :func:`bgwatch._classify.parse_response_prefix` reads a prefix).
+incremental :class:`~bgwatch._sse.SSEParser` on the way, in its ``sdk`` mode (the SDK's
+``SSEDecoder`` dispatch rules). The parser keeps bounded memory per stream: one event's data, at
+most :data:`MAX_EVENT_DATA` bytes of it (the SDK holds every whole event anyway; a longer one is
+read in jiter's partial mode).
+
+Exact by construction
+    What counts is what the SDK yields: events are read by their data's ``type`` (``json``
+    keeps the last of duplicate keys; escapes decoded), never by the ``event:`` line; an event
+    without a terminating blank line is never yielded, so never counted; nothing after
+    ``data: [DONE]``, after data that is not JSON, or after a mapping with a truthy top-level
+    ``error`` (the SDK raises ``APIError``) counts. A delta event is tested cheaply: data with
+    neither ``"response"``, ``"error"`` nor a ``\\u`` escape cannot be a lifecycle or error
+    event, and is only checked to be JSON (jiter, ~1.4 µs). An already loaded body (``content=``)
+    is streamed to the SDK from a fresh unread response, so it is observed the same way.
 
 What counts
     Lifecycle events (``response.created``, ``.queued``, ``.in_progress``, ``.completed``,
@@ -16,9 +27,7 @@ What counts
     the tracker counts a response's terminal state once per id whether it was streamed,
     resumed, replayed, polled or all of these. Call kind ``"create"`` for the stream answering
     ``POST /responses`` (``bg_response_created_total`` counts it), ``"stream"`` for a resumed or
-    replayed ``GET /responses/{id}?stream=true`` (neither created nor poll counted). Other
-    events (``response.output_text.delta`` ...) are recognised by their ``event:`` name and
-    never JSON-parsed.
+    replayed ``GET /responses/{id}?stream=true`` (neither created nor poll counted).
 
 The ``error`` event
     It carries no response object and no status, only ``code``/``message``. It is attributed
