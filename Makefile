@@ -13,7 +13,7 @@ VENVF ?= .venv-frameworks
 BINF := $(VENVF)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest pytest-openai2 pytest-frameworks prometheus bench dashboards clean
+.PHONY: demo test lint typecheck pytest pytest-openai2 pytest-frameworks prometheus grafana-schema bench dashboards clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,16 @@ prometheus:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
 	  else echo "install Debian's 'prometheus' package (prometheus + promtool) for the rule and e2e tests"; fi; }
 
+# @grafana/schema + typescript (pinned by the lock file) for tests/test_grafana_schema.py
+# (.ci/run installs Debian's nodejs + npm; without npm the test skips, or fails under $CI).
+grafana-schema:
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory tests/grafana-schema/node_modules/.installed; \
+	else echo "install node + npm (Debian: nodejs npm) for the Grafana schema test"; fi
+
+tests/grafana-schema/node_modules/.installed: tests/grafana-schema/package-lock.json
+	cd tests/grafana-schema && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check src tests scripts benchmarks examples
@@ -52,7 +62,7 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-pytest: $(BIN)/.installed prometheus
+pytest: $(BIN)/.installed prometheus grafana-schema
 	$(BIN)/pytest -m "not frameworks" $(PYTEST_ARGS)
 
 pytest-openai2: $(BIN2)/.installed

@@ -3,8 +3,8 @@
 
 The JSON in ``dashboards/`` is generated from this file and checked in. Edit the code, then:
 
-    python scripts/generate_dashboards.py            # rewrite dashboards/*.json
-    python scripts/generate_dashboards.py --check    # exit 1 if the checked-in JSON is stale
+    python scripts/generate_dashboards.py            # rewrite dashboards/, dashboards/rules/, src/bgwatch/_assets/
+    python scripts/generate_dashboards.py --check    # exit 1 if a checked-in file is stale
 
 Conventions every panel follows (tests/test_dashboards.py enforces them):
 
@@ -13,7 +13,8 @@ Conventions every panel follows (tests/test_dashboards.py enforces them):
 * every series selector carries ``job=~"$job", instance=~"$instance"``;
 * every range is ``[$__rate_interval]``;
 * only the metric names of the contract in DESIGN.md are used (no recording rules), so the
-  dashboards work without ``dashboards/rules/`` being loaded.
+  dashboards work without ``dashboards/rules/`` being loaded;
+* every rate has the unit ``ops`` (see RATE_UNIT), ratios ``percentunit``, durations ``s``.
 """
 
 from __future__ import annotations
@@ -31,18 +32,24 @@ from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 
+from bgwatch._export import ExportOptions, rule_test_files, rules_file
+from bgwatch._rules import DEFAULT_RUNBOOK_URL, Thresholds
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO_ROOT / "dashboards"
 
 OVERVIEW_UID = "bgwatch-overview"
 FAILURES_UID = "bgwatch-failures"
-RUNBOOK_URL = "https://github.com/bgwatch/openai-bgwatch/blob/main/docs/runbook.md"
+RUNBOOK_URL = DEFAULT_RUNBOOK_URL
 
 DATASOURCE = dashboard_models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE_INTERVAL = "$__rate_interval"
 TARGET_MATCHERS = 'job=~"$job", instance=~"$instance"'
 
 Panel = timeseries.Panel | stat.Panel | bargauge.Panel
+
+# One unit for every rate: responses, polls, errors and tokens are events, not HTTP requests,
+# so "ops" ("N ops/s", scaled to k/M) rather than "reqps"; the axis label says what is counted.
+RATE_UNIT = "ops"
 
 
 # --------------------------------------------------------------------------- PromQL helpers
@@ -67,9 +74,9 @@ def ratio(numerator: str, denominator: str) -> str:
     return f"{numerator}\n/\n({denominator} > 0)"
 
 
-def quantile(q: float, *matchers: str, by: str = "") -> str:
+def quantile(q: float, *matchers: str, by: str = "", metric: str = "bg_response_duration_seconds") -> str:
     grouping = f"le, {by}" if by else "le"
-    buckets = sum_rate("bg_response_duration_seconds_bucket", *matchers, by=grouping)
+    buckets = sum_rate(f"{metric}_bucket", *matchers, by=grouping)
     return f"histogram_quantile({q}, {buckets})"
 
 
@@ -150,10 +157,7 @@ def ts(
     if stacked:
         p = p.stacking(common.StackingConfig().mode(common_models.StackingMode.NORMAL).group("A"))
     if show_thresholds:
-        p = p.thresholds_style(
-            # GraphTresholdsStyleMode: sic, the SDK's spelling
-            common.GraphThresholdsStyleConfig().mode(common_models.GraphTresholdsStyleMode.LINE)
-        )
+        p = p.thresholds_style(common.GraphThresholdsStyleConfig().mode(common_models.GraphThresholdsStyleMode.LINE))
     return p
 
 
@@ -250,7 +254,7 @@ def alerts_annotation() -> dashboard.AnnotationQuery:
         .hide(False)
         .icon_color("red")
         .type("prometheus")
-        .expr('ALERTS{alertstate="firing", alertname=~"BgResponse.*|Bgwatch.*", job=~"$job"}')
+        .expr('ALERTS{alertstate="firing", alertname=~"Bgwatch.*", job=~"$job"}')
     )
 
 
@@ -297,6 +301,14 @@ INCOMPLETE = "bg_response_incomplete_total"
 POLLS = "bg_response_polls_total"
 IN_FLIGHT = "bg_response_in_flight"
 INTERNAL = "bgwatch_internal_errors_total"
+QUEUE = "bg_response_queue_seconds"
+OLDEST = "bg_response_oldest_in_flight_seconds"
+TOKENS = "bg_response_tokens_total"
+ABANDONED = "bg_response_abandoned_total"
+NOT_COMPLETED = 'status!="completed"'
+# The alert thresholds that panels draw as lines: the defaults of bgwatch._rules.Thresholds
+# (`bgwatch export --threshold` rewrites them together with the rules).
+DEFAULTS = Thresholds()
 
 RATIO_THRESHOLDS = ((None, "green"), (0.01, "yellow"), (0.1, "red"))
 
@@ -326,7 +338,7 @@ def overview() -> dashboard.Dashboard:
                     "Created / s",
                     "Background responses created through an instrumented client.",
                     sum_rate(CREATED),
-                    unit="reqps",
+                    unit=RATE_UNIT,
                     decimals=2,
                 ),
                 single_stat(
@@ -334,7 +346,7 @@ def overview() -> dashboard.Dashboard:
                     "Finished / s",
                     "Background responses that reached a terminal state (completed, failed, cancelled, incomplete).",
                     sum_rate(FINISHED),
-                    unit="reqps",
+                    unit=RATE_UNIT,
                     decimals=2,
                 ),
                 single_stat(
@@ -361,7 +373,7 @@ def overview() -> dashboard.Dashboard:
                     "Errors caught inside bgwatch. The user's calls went through untouched, but "
                     "the metrics may undercount. Should be 0.",
                     sum_rate(INTERNAL),
-                    unit="reqps",
+                    unit=RATE_UNIT,
                     thresholds=((None, "green"), (1e-9, "red")),
                 ),
             ],
@@ -374,6 +386,7 @@ def overview() -> dashboard.Dashboard:
                     "Failed responses / s by code",
                     "Background responses that ended `failed`, by error.code (once per response id, not per poll).",
                     [query(sum_rate(FAILED, by="code"), "{{code}}")],
+                    unit=RATE_UNIT,
                     axis_label="responses / s",
                     stacked=True,
                 ),
@@ -381,7 +394,7 @@ def overview() -> dashboard.Dashboard:
                     8,
                     "Failure ratio (failed / finished)",
                     "Share of the background responses reaching a terminal state that failed, overall "
-                    "and by model. Empty while nothing finishes. The BgResponseFailureRateHigh alert "
+                    "and by model. Empty while nothing finishes. The BgwatchFailureRatioHigh alert "
                     "fires on the per-code ratio above 10%.",
                     [
                         query(ratio(sum_rate(FAILED), sum_rate(FINISHED)), "all models"),
@@ -400,6 +413,7 @@ def overview() -> dashboard.Dashboard:
                     "Terminal states / s",
                     "Background responses reaching each terminal status.",
                     [query(sum_rate(FINISHED, by="status"), "{{status}}")],
+                    unit=RATE_UNIT,
                     axis_label="responses / s",
                     stacked=True,
                 ),
@@ -408,6 +422,7 @@ def overview() -> dashboard.Dashboard:
                     "Incomplete responses / s by reason",
                     "Background responses that ended `incomplete`, by incomplete_details.reason.",
                     [query(sum_rate(INCOMPLETE, by="reason"), "{{reason}}")],
+                    unit=RATE_UNIT,
                     axis_label="responses / s",
                     stacked=True,
                 ),
@@ -440,7 +455,7 @@ def overview() -> dashboard.Dashboard:
                     13,
                     "In flight",
                     "Background responses seen but not yet seen in a terminal state, by instance. "
-                    "A plateau with no terminal states is what BgResponseStuckInFlight alerts on.",
+                    "A plateau with no terminal states is what BgwatchNoResponsesFinishing alerts on.",
                     [query(f"sum by (instance) ({sel(IN_FLIGHT)})", "{{instance}}")],
                     decimals=0,
                 ),
@@ -452,6 +467,7 @@ def overview() -> dashboard.Dashboard:
                         query(sum_rate(CREATED), "created"),
                         query(sum_rate(FINISHED), "finished", "B"),
                     ],
+                    unit=RATE_UNIT,
                     axis_label="responses / s",
                 ),
                 ts(
@@ -467,8 +483,81 @@ def overview() -> dashboard.Dashboard:
                     "Polls / s by observed status",
                     "Retrieve calls by the status the poll saw (queued, in_progress, completed, ...).",
                     [query(sum_rate(POLLS, by="status"), "{{status}}")],
+                    unit=RATE_UNIT,
                     axis_label="polls / s",
                     stacked=True,
+                ),
+            ],
+        ),
+        (
+            "Queue, stuck responses and cost",
+            [
+                ts(
+                    18,
+                    "Queue wait p50 / p95 by model",
+                    "created_at → first in_progress (bg_response_queue_seconds). Its resolution is the "
+                    "poll interval (a stream gives it exactly). BgwatchQueueSlow fires when p95 stays "
+                    f"above {DEFAULTS.queue_p95_seconds:g} s for 15 minutes.",
+                    [
+                        query(quantile(0.5, by="model", metric=QUEUE), "p50 {{model}}"),
+                        query(quantile(0.95, by="model", metric=QUEUE), "p95 {{model}}", "B"),
+                    ],
+                    unit="s",
+                    thresholds=((None, "green"), (DEFAULTS.queue_p95_seconds, "red")),
+                    show_thresholds=True,
+                ),
+                ts(
+                    19,
+                    "Oldest response in flight",
+                    "Age of the oldest background response still in flight, per process (0 when none). "
+                    "A line that only grows is a stuck response: BgwatchResponseStuck fires above "
+                    f"{DEFAULTS.stuck_seconds:g} s.",
+                    [query(f"max by (instance) ({sel(OLDEST)})", "{{instance}}")],
+                    unit="s",
+                    thresholds=((None, "green"), (DEFAULTS.stuck_seconds, "red")),
+                    show_thresholds=True,
+                ),
+                ts(
+                    20,
+                    "Share of tokens spent on responses that did not complete",
+                    "Tokens (usage of terminal bodies) of failed, cancelled and incomplete responses / all "
+                    "tokens, overall and by type: spend with nothing to show for it. 0 while everything "
+                    "completes, empty while no tokens are counted.",
+                    [
+                        query(
+                            ratio(f"({sum_rate(TOKENS, NOT_COMPLETED)} or {sum_rate(TOKENS)} * 0)", sum_rate(TOKENS)),
+                            "all tokens",
+                        ),
+                        query(
+                            ratio(
+                                f"({sum_rate(TOKENS, NOT_COMPLETED, by='type')} or {sum_rate(TOKENS, by='type')} * 0)",
+                                sum_rate(TOKENS, by="type"),
+                            ),
+                            "{{type}} tokens",
+                            "B",
+                        ),
+                    ],
+                    unit="percentunit",
+                ),
+                ts(
+                    21,
+                    "Tokens / s by terminal status",
+                    "Input and output tokens of responses that reached each terminal status.",
+                    [query(sum_rate(TOKENS, by="type, status"), "{{type}} · {{status}}")],
+                    unit=RATE_UNIT,
+                    axis_label="tokens / s",
+                    stacked=True,
+                ),
+                ts(
+                    22,
+                    "Abandoned responses / s by model",
+                    "Responses that left bgwatch's tracking (TTL) without a terminal state being seen: "
+                    "nobody polled them to the end. BgwatchResponsesAbandoned fires on any.",
+                    [query(sum_rate(ABANDONED, by="model"), "{{model}}")],
+                    unit=RATE_UNIT,
+                    axis_label="responses / s",
+                    width=24,
+                    height=6,
                 ),
             ],
         ),
@@ -481,6 +570,7 @@ def overview() -> dashboard.Dashboard:
                     "Errors caught inside bgwatch, by stage. Each one means an observation may be "
                     "missing from the other panels; the user's call itself was not affected.",
                     [query(sum_rate(INTERNAL, by="stage"), "{{stage}}")],
+                    unit=RATE_UNIT,
                     axis_label="errors / s",
                     width=24,
                     height=6,
@@ -510,7 +600,7 @@ def failures() -> dashboard.Dashboard:
                     "Failed / s (selected codes)",
                     "Failed background responses with the selected error codes.",
                     sum_rate(FAILED, code),
-                    unit="reqps",
+                    unit=RATE_UNIT,
                     decimals=3,
                     width=8,
                 ),
@@ -545,14 +635,14 @@ def failures() -> dashboard.Dashboard:
                     "Failed responses / s by code",
                     "Once per response id (not per poll).",
                     [query(sum_rate(FAILED, code, by="code"), "{{code}}")],
+                    unit=RATE_UNIT,
                     axis_label="responses / s",
                     stacked=True,
                 ),
                 ts(
                     105,
                     "Failure ratio by code (failed / finished)",
-                    "Per code: failed with that code / all finished. BgResponseFailureRateHigh "
-                    "fires above 10% for 10m.",
+                    "Per code: failed with that code / all finished. BgwatchFailureRatioHigh fires above 10% for 10m.",
                     [
                         query(
                             f"sum by (code) ({rate(FAILED, code)})\n"
@@ -570,6 +660,7 @@ def failures() -> dashboard.Dashboard:
                     "Failed responses / s by code and model",
                     "Does one model fail more than the others?",
                     [query(sum_rate(FAILED, code, by="code, model"), "{{code}} · {{model}}")],
+                    unit=RATE_UNIT,
                     axis_label="responses / s",
                 ),
                 ts(
@@ -577,6 +668,7 @@ def failures() -> dashboard.Dashboard:
                     "Failed responses / s by code and instance",
                     "Is the failure local to one process (its key, its region, its proxy)?",
                     [query(sum_rate(FAILED, code, by="code, instance"), "{{code}} · {{instance}}")],
+                    unit=RATE_UNIT,
                     axis_label="responses / s",
                 ),
                 bargauge.Panel()
@@ -591,7 +683,7 @@ def failures() -> dashboard.Dashboard:
                         instant=True,
                     )
                 )
-                .unit("reqps")
+                .unit(RATE_UNIT)
                 .decimals(3)
                 .min(0)
                 .span(12)
@@ -635,26 +727,69 @@ DASHBOARDS: dict[str, Callable[[], dashboard.Dashboard]] = {
 # --------------------------------------------------------------------------- output
 
 
+# Interval-variable fields the SDK writes on every variable, which Grafana's current schema
+# (@grafana/schema 13, tests/test_grafana_schema.py) no longer has.
+LEGACY_VARIABLE_FIELDS = ("auto", "auto_count", "auto_min")
+# The schema version of @grafana/schema 13. The SDK for Grafana 11.6 writes 41; Grafana's only
+# migration from 41 to 42 adds hideFrom.tooltip to field overrides that hide a series
+# (hideFrom.viz), and these dashboards have no overrides (tests/test_dashboards.py checks), so
+# their JSON is already version 42.
+SCHEMA_VERSION = 42
+
+
 def render(builder: dashboard.Dashboard) -> str:
-    """Deterministic JSON: sorted keys, 2-space indent, trailing newline."""
-    return json.dumps(builder.build(), cls=JSONEncoder, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    """Deterministic JSON: sorted keys, 2-space indent, trailing newline, no legacy fields."""
+    data = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
+    assert data["schemaVersion"] in (41, SCHEMA_VERSION), "a new SDK: review the migrations in between"
+    data["schemaVersion"] = SCHEMA_VERSION
+    for variable in data["templating"]["list"]:
+        for name in LEGACY_VARIABLE_FIELDS:
+            variable.pop(name, None)
+    # A Prometheus annotation's query lives in `target` (the schema has no top-level `expr`; the
+    # SDK's AnnotationQuery only knows the legacy field).
+    for annotation in data["annotations"]["list"]:
+        if "expr" in annotation:
+            annotation["target"] = {"expr": annotation.pop("expr"), "refId": "Anno"}
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+ASSETS = Path("src/bgwatch/_assets")
 
 
 def render_all() -> dict[str, str]:
-    return {name: render(factory()) for name, factory in DASHBOARDS.items()}
+    """Every generated file, ``{path relative to the repository: text}``.
+
+    The dashboards go to ``dashboards/`` and, with the runbook, into the package data
+    (``src/bgwatch/_assets/``) that ``bgwatch export`` reads; the rules and their promtool tests
+    for the default options go to ``dashboards/rules/`` (``bgwatch export`` builds them from the
+    same code for other options).
+    """
+    out: dict[str, str] = {}
+    for name, factory in DASHBOARDS.items():
+        text = render(factory())
+        out[f"dashboards/{name}"] = text
+        out[f"{ASSETS}/dashboards/{name}"] = text
+    out[f"{ASSETS}/runbook.md"] = (REPO_ROOT / "docs" / "runbook.md").read_text(encoding="utf-8")
+    defaults = ExportOptions()
+    out["dashboards/rules/bgwatch.rules.yml"] = rules_file(defaults)
+    for name, text in rule_test_files(defaults).items():
+        out[f"dashboards/rules/tests/{name}"] = text
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: %(default)s)")
     parser.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 if a file in --out differs from the code"
+        "--root", type=Path, default=REPO_ROOT, help="write under this directory instead of the repository (tests)"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a file under --root differs from the code"
     )
     args = parser.parse_args(argv)
-    out: Path = args.out
+    root: Path = args.root
     stale = 0
-    for name, text in render_all().items():
-        path = out / name
+    for relative, text in render_all().items():
+        path = root / relative
         if args.check:
             current = path.read_text(encoding="utf-8") if path.exists() else ""
             if current != text:
@@ -662,18 +797,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 diff = difflib.unified_diff(
                     current.splitlines(keepends=True),
                     text.splitlines(keepends=True),
-                    f"{path} (checked in)",
-                    f"{path} (generated)",
+                    f"{relative} (checked in)",
+                    f"{relative} (generated)",
                     n=2,
                 )
                 sys.stderr.writelines(list(diff)[:80])
-                print(f"STALE {path}", file=sys.stderr)
+                print(f"STALE {relative}", file=sys.stderr)
             continue
-        out.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(text.encode("utf-8"))
-        print(f"wrote {path}")
+        print(f"wrote {relative}")
     if stale:
-        print(f"{stale} dashboard(s) out of date: run python scripts/generate_dashboards.py", file=sys.stderr)
+        print(f"{stale} file(s) out of date: run python scripts/generate_dashboards.py", file=sys.stderr)
         return 1
     return 0
 

@@ -276,6 +276,8 @@ def format_value(value: float, unit: str | None, decimals: int | None = None) ->
         return f"{value:.{decimals if decimals is not None else _auto_decimals(value)}f} s"
     d = decimals if decimals is not None else _auto_decimals(value)
     text = f"{value:.{d}f}"
+    if unit == "ops":  # Grafana's "ops/sec (ops)", the unit of every rate in bgwatch's dashboards
+        return f"{text} ops/s"
     if unit == "reqps":
         return f"{text} req/s"
     return text

@@ -226,5 +226,11 @@ class BrokenSink:
     def adjust_in_flight(self, delta: int) -> None:
         raise RuntimeError("sink bug")
 
+    def abandoned(self, models: object) -> None:
+        raise RuntimeError("sink bug")
+
+    def forked(self, in_flight_forgotten: int) -> None:
+        raise RuntimeError("sink bug")
+
     def internal_error(self, stage: str) -> None:
         raise RuntimeError("sink bug")

@@ -59,6 +59,8 @@ __all__ = [
     "CONTRACT_METRICS",
     "DASHBOARD_DIR",
     "DURATION_BUCKETS",
+    "NEW_METRICS",
+    "QUEUE_BUCKETS",
     "REPO_ROOT",
     "RULES_FILE",
     "RULE_TESTS_DIR",
@@ -94,7 +96,24 @@ CONTRACT_METRICS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "bg_response_duration_seconds": ("histogram", ("status", "model")),
     "bg_response_in_flight": ("gauge", ()),
     "bgwatch_internal_errors_total": ("counter", ("stage",)),
+    "bg_response_abandoned_total": ("counter", ("model",)),
+    "bg_response_queue_seconds": ("histogram", ("model",)),
+    "bg_response_oldest_in_flight_seconds": ("gauge", ()),
+    "bg_response_tokens_total": ("counter", ("type", "status", "model")),
 }
+# Added by issues 12 and 15 (other branches): the end-to-end test skips what the demo does not
+# export yet.
+NEW_METRICS = frozenset(
+    {
+        "bg_response_abandoned_total",
+        "bg_response_queue_seconds_bucket",
+        "bg_response_queue_seconds_count",
+        "bg_response_queue_seconds_sum",
+        "bg_response_oldest_in_flight_seconds",
+        "bg_response_tokens_total",
+    }
+)
+QUEUE_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600)
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
 
 

@@ -62,43 +62,84 @@ def run_script(*args: str) -> subprocess.CompletedProcess[str]:
 # --------------------------------------------------------------------------- generated == checked in
 
 
+GENERATED = {
+    *(f"dashboards/{n}" for n in EXPECTED_FILES),
+    *(f"src/bgwatch/_assets/dashboards/{n}" for n in EXPECTED_FILES),
+    "src/bgwatch/_assets/runbook.md",
+    "dashboards/rules/bgwatch.rules.yml",
+    "dashboards/rules/tests/alerts.test.yml",
+    "dashboards/rules/tests/recording.test.yml",
+}
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
 @needs_sdk
-def test_checked_in_dashboards_match_the_generator_byte_for_byte(tmp_path: Path) -> None:
-    proc = run_script("--out", str(tmp_path))
+def test_checked_in_files_match_the_generator_byte_for_byte(tmp_path: Path) -> None:
+    """Dashboards, package data (dashboards and runbook) and the default rules with their tests."""
+    proc = run_script("--root", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    generated = {p.name for p in tmp_path.glob("*.json")}
-    assert generated == set(EXPECTED_FILES)
-    assert {p.name for p in DASHBOARD_DIR.glob("*.json")} == generated, "stray or missing dashboards"
-    for name in sorted(generated):
-        fresh = (tmp_path / name).read_bytes()
-        assert fresh == (DASHBOARD_DIR / name).read_bytes(), (
-            f"dashboards/{name} is stale: run `python scripts/generate_dashboards.py`"
+    fresh = _tree(tmp_path)
+    assert set(fresh) == GENERATED
+    for relative, data in sorted(fresh.items()):
+        assert data == (REPO_ROOT / relative).read_bytes(), (
+            f"{relative} is stale: run python scripts/generate_dashboards.py"
         )
-        assert fresh.endswith(b"}\n") and not fresh.endswith(b"\n\n")
+    assert {p.name for p in DASHBOARD_DIR.glob("*.json")} == set(EXPECTED_FILES), "stray or missing dashboards"
+    assert {p.name for p in (REPO_ROOT / "src/bgwatch/_assets/dashboards").iterdir()} == set(EXPECTED_FILES)
 
 
 @needs_sdk
 def test_generation_is_deterministic(tmp_path: Path) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
-    assert run_script("--out", str(first)).returncode == 0
-    assert run_script("--out", str(second)).returncode == 0
-    for name in EXPECTED_FILES:
-        assert (first / name).read_bytes() == (second / name).read_bytes()
+    assert run_script("--root", str(first)).returncode == 0
+    assert run_script("--root", str(second)).returncode == 0
+    assert _tree(first) == _tree(second)
 
 
 @needs_sdk
 def test_check_mode(tmp_path: Path) -> None:
     ok = run_script("--check")
     assert ok.returncode == 0, ok.stderr
-    for name in EXPECTED_FILES:
-        shutil.copy(DASHBOARD_DIR / name, tmp_path / name)
-    stale = tmp_path / "bgwatch-failures.json"
+    for relative in GENERATED:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_ROOT / relative, tmp_path / relative)
+    stale = tmp_path / "dashboards" / "bgwatch-failures.json"
     stale.write_text(stale.read_text(encoding="utf-8").replace("Failed", "Faield", 1), encoding="utf-8")
-    proc = run_script("--check", "--out", str(tmp_path))
+    proc = run_script("--check", "--root", str(tmp_path))
     assert proc.returncode == 1
-    assert "STALE" in proc.stderr and "bgwatch-failures.json" in proc.stderr
-    assert "bgwatch-overview.json" not in proc.stderr.replace("bgwatch-overview.json (", "")
+    assert "STALE dashboards/bgwatch-failures.json" in proc.stderr
+    assert proc.stderr.count("STALE") == 1
     assert stale.read_text(encoding="utf-8").count("Faield") == 1, "--check must not write"
+
+
+LEGACY = {"style", "auto", "auto_count", "auto_min"}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FILES))
+def test_no_legacy_fields_and_one_unit_per_kind(name: str) -> None:
+    d = load(name)
+    assert set(d["timepicker"]) <= {"hidden", "refresh_intervals", "nowDelay", "quick_ranges"}
+    assert not LEGACY & set(d)
+    for v in d["templating"]["list"]:
+        assert not LEGACY & set(v), v["name"]
+    for a in d["annotations"]["list"]:
+        assert "expr" not in a and a["target"]["expr"].startswith("ALERTS{")
+    for p in all_panels(d):
+        if p["type"] == "row":
+            continue
+        unit = p["fieldConfig"]["defaults"].get("unit")
+        exprs = " ".join(t["expr"] for t in p["targets"])
+        if "histogram_quantile" in exprs or p["title"].startswith("Oldest"):
+            assert unit == "s", p["title"]
+        elif re.search(r"\n/( on \(\) group_left \(\))?\n", exprs):
+            assert unit in {"percentunit", "short"}, p["title"]  # ratios; polls per response is a count
+        elif "rate(" in exprs:
+            assert unit == "ops", f"{p['title']}: every rate is ops, not {unit}"
+        else:
+            assert unit == "short", p["title"]
 
 
 # --------------------------------------------------------------------------- dashboard structure
@@ -116,11 +157,17 @@ def test_dashboard_metadata(name: str, uid: str) -> None:
 
 
 @needs_sdk
-def test_schema_version_is_the_sdks() -> None:
+def test_schema_version_is_42_and_the_sdk_is_the_one_for_grafana_11_6() -> None:
+    """The SDK writes 41; Grafana's 41 -> 42 migration only touches field overrides with
+    hideFrom.viz, and the dashboards have no overrides, so they are version 42 as written."""
     from grafana_foundation_sdk.models.dashboard import Dashboard
 
+    assert Dashboard().schema_version == 41
     for name in EXPECTED_FILES:
-        assert load(name)["schemaVersion"] == Dashboard().schema_version  # whatever the pinned SDK emits
+        d = load(name)
+        assert d["schemaVersion"] == 42
+        for p in all_panels(d):
+            assert not (p.get("fieldConfig") or {}).get("overrides"), p["title"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FILES))
@@ -175,6 +222,10 @@ REQUIRED_PANELS = {
         "In flight",
         "Polls per finished response",
         "bgwatch internal errors / s by stage",
+        "Queue wait p50 / p95 by model",
+        "Oldest response in flight",
+        "Share of tokens spent on responses that did not complete",
+        "Abandoned responses / s by model",
     },
     "bgwatch-failures.json": {
         "Failed responses / s by code",
@@ -248,7 +299,7 @@ def test_every_query_parses_with_promtool(tmp_path: Path) -> None:
     exprs = [substitute_dashboard_vars(t.expr, code="server_error|rate_limit_exceeded") for t in TARGETS]
     for name in EXPECTED_FILES:
         for annotation in load(name)["annotations"]["list"]:
-            exprs.append(substitute_dashboard_vars(annotation["expr"]))
+            exprs.append(substitute_dashboard_vars(annotation["target"]["expr"]))
     promtool_check_exprs(exprs, promtool, tmp_path)
 
 

@@ -1,233 +1,481 @@
-"""Differential tests of event streams, with the SDK as the oracle (issue 11, streams).
+"""Differential tests of Server-Sent Event streams, with the SDK as the oracle.
 
-Random Server-Sent Event streams (LF, CRLF, CR line endings; comments, ``retry:``, ``id:``,
-multi-line data; matching, mismatched, trailing-space and missing ``event:`` lines; an
-unterminated last event; ``[DONE]`` with events after it; invalid JSON; both shapes of
-``error`` events with known and unknown codes; lifecycle events with random key order, big
-fields before or after ``status``/``model``, duplicate ``type`` keys and unicode escapes in
-the type) go to a real ``OpenAI`` / ``AsyncOpenAI`` client bare and through bgwatch,
-streamed in random chunks (down to single bytes) and as an already loaded body. For every
-stream:
+Random event streams are served to a real ``OpenAI`` / ``AsyncOpenAI`` client three times:
+bare, with bgwatch observing, and with bgwatch raising (``raise_on``). The streams mix
+lifecycle events (any key order, big ``instructions`` and ``tools``, known, unknown and absent
+error codes, ``type`` given twice or with unicode escapes), text deltas, ``error`` events of
+both shapes, data that is no JSON, empty data, ``[DONE]`` with events after it, missing,
+matching, mismatched and trailing-space ``event:`` lines, ``id:``, valid and invalid
+``retry:``, comments, multi-line data, a byte order mark, invalid UTF-8, LF, CRLF or CR line
+endings, and an unterminated last event; each is cut into chunks at random places and served
+either as a stream or as a body the inner transport already loaded. For every stream:
 
-* what the bgwatch client's SDK yields (event types and response statuses) and whether it
-  raised are exactly the bare client's;
-* bgwatch recorded one observation per lifecycle event the SDK yielded, with its status, and
-  none for anything the SDK did not yield; no internal error (fresh watcher per stream);
-* with ``raise_on=("failed",)`` the SDK yields exactly the bare client's events up to the
-  first failed lifecycle event, then bgwatch's typed exception.
+* the events the bgwatch clients' SDK yielded, and what it raised, are exactly the bare one's
+  (the raising client: up to the first event whose status ``raise_on`` names, then the typed
+  exception);
+* bgwatch recorded exactly one observation per lifecycle event the SDK yielded, with the SDK's
+  values (an ``error`` event's code fills in a following ``failed`` response that has none),
+  and nothing for what the SDK never yielded.
+
+The named ``test_regression_*`` tests pin each stream class of issue 11 on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from openai.types.responses import Response
+from prometheus_client import CollectorRegistry
 
 import bgwatch
+from bgwatch._classify import Observation, observation_from_mapping
+from bgwatch._streams import LIFECYCLE_EVENTS
 
-from .conftest import LIBRARIES, client_class, response_body, transport_class
-from .test_streams import MODEL, Recorder, recording_watcher
+from .conftest import LIBRARIES, client_class, transport_class
+from .test_differential_bodies import KNOWN_CODES, SDK_ORDER, Recorder, sdk_view
 
-LIFECYCLE = (
-    "response.created",
-    "response.queued",
-    "response.in_progress",
-    "response.completed",
-    "response.failed",
-    "response.incomplete",
-)
-STATUS_OF = {"response.created": "queued", "response.queued": "queued", "response.in_progress": "in_progress"}
-STATUS_OF |= {"response.completed": "completed", "response.failed": "failed", "response.incomplete": "incomplete"}
-CODES = ("server_error", "rate_limit_exceeded", "invalid_prompt", "brand_new_code", None)
-EXAMPLES = int(os.environ.get("BGWATCH_STREAM_EXAMPLES", "1300"))  # per library; x4 streams each
-SETTINGS = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, max_examples=EXAMPLES)
-
-
-def dump(items: list[tuple[str, Any]]) -> str:
-    """A JSON object from key/value pairs in this order, duplicates kept."""
-    return "{" + ",".join(json.dumps(k) + ":" + json.dumps(v) for k, v in items) + "}"
+RAISE_ON = ("failed", "incomplete", "cancelled")
+REQUEST_ID = "req_stream_differential"
+LOOP = asyncio.new_event_loop()
+STATUS_OF = {
+    "response.created": "queued",
+    "response.queued": "queued",
+    "response.in_progress": "in_progress",
+    "response.completed": "completed",
+    "response.failed": "failed",
+    "response.incomplete": "incomplete",
+    "response.cancelled": "cancelled",
+}
+EXAMPLES = 1300  # per library and sync/async: >= 5,200 streams per run on openai 3.x
 
 
-@st.composite
-def lifecycle_data(draw: st.DrawFn) -> tuple[str, str]:
-    kind = draw(st.sampled_from(LIFECYCLE))
-    status = STATUS_OF[kind]
-    body = response_body("resp_diff", status, code=draw(st.sampled_from(CODES)) if status == "failed" else None)
-    body["model"] = MODEL
-    big = draw(st.sampled_from([0] * 8 + [70_000, 140_000]))
-    if big:
-        body[draw(st.sampled_from(["instructions", "tools", "output"]))] = (
-            "x" * big if draw(st.booleans()) else [{"type": "function", "name": "f", "pad": "p" * big}]
+# -- streams -----------------------------------------------------------------------------------
+
+
+def response_object(rng: random.Random, kind: str, big: int) -> dict[str, Any]:
+    status = STATUS_OF[kind] if rng.random() < 0.9 else rng.choice(list(STATUS_OF.values()))
+    doc: dict[str, Any] = {
+        "id": f"resp_{rng.randrange(4):02d}",
+        "object": "response",
+        "created_at": 1_760_000_000,
+        "status": status,
+        "background": True,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": "i" * big if rng.random() < 0.5 else None,
+        "model": rng.choice(["gpt-4.1", "o3-deep-research", "gpt-\u00e9"]),
+        "output": [],
+        "tools": [{"type": "function", "name": "f", "description": "t" * big}] if rng.random() < 0.5 else [],
+        "usage": None,
+    }
+    if status == "failed":
+        code = rng.choice([*KNOWN_CODES[:6], "brand_new_code", None])
+        doc["error"] = {"code": code, "message": "boom"} if code or rng.random() < 0.5 else None
+    if status == "incomplete":
+        doc["incomplete_details"] = {"reason": rng.choice(["max_output_tokens", "content_filter", "new_reason"])}
+    order = rng.choice(["api", "sdk", "random"])
+    keys = list(doc)
+    if order == "sdk":
+        keys.sort(key=lambda k: SDK_ORDER.get(k, len(SDK_ORDER)))
+    elif order == "random":
+        rng.shuffle(keys)
+    return {k: doc[k] for k in keys}
+
+
+def event_data(rng: random.Random, sequence: int) -> tuple[str | None, str]:
+    """(the ``type`` the SDK will see or None, the data text) of one random event."""
+    roll = rng.random()
+    if roll < 0.45:
+        kind = rng.choice([*sorted(LIFECYCLE_EVENTS), "response.cancelled"])  # the last: unknown to the SDK
+        big = rng.choice([0, 0, 0, 200, 70 * 1024])
+        payload: dict[str, Any] = {
+            "type": kind,
+            "sequence_number": sequence,
+            "response": response_object(rng, kind, big),
+        }
+        if rng.random() < 0.3:  # type last, as a sorted-key or re-serializing gateway sends it
+            payload = {"sequence_number": sequence, "response": payload["response"], "type": kind}
+        text = json.dumps(payload, indent=rng.choice([None, None, 1]))
+        if rng.random() < 0.1:  # the type twice: json.loads (and so the SDK) keeps the last
+            decoy = rng.choice(["response.output_text.delta", "response.completed", "response.failed"])
+            text = '{"type": "' + decoy + '", ' + text[1:]
+        if rng.random() < 0.1:  # unicode escapes in the type's value
+            text = text.replace(f'"{kind}"', '"' + "".join(f"\\u{ord(c):04x}" for c in kind) + '"', 1)
+        return kind, text
+    if roll < 0.75:
+        return "response.output_text.delta", json.dumps(
+            {
+                "type": "response.output_text.delta",
+                "delta": rng.choice(["hi", "\u00e9\u4e2d", '"x"']),
+                "sequence_number": sequence,
+            }
         )
-        if not isinstance(body.get("instructions", ""), (str, type(None))):
-            body["instructions"] = None
-        if not isinstance(body.get("tools", []), list) or not isinstance(body.get("output", []), list):
-            body["tools"], body["output"] = [], []
-    items = list(body.items())
-    order = draw(st.sampled_from(["api", "sorted", "shuffled", "status_last"]))
-    if order == "sorted":
-        items.sort()
-    elif order == "shuffled":
-        random.Random(draw(st.integers(0, 1000))).shuffle(items)
-    elif order == "status_last":
-        items = [kv for kv in items if kv[0] != "status"] + [("status", status)]
-    type_value = json.dumps(kind)
-    if draw(st.booleans()):
-        type_value = type_value.replace("e", "\\u0065", 1)
-    outer = [("sequence_number", 0), ("response", "@RESPONSE@")]
-    position = draw(st.integers(0, 2))
-    pieces = [json.dumps(k) + ":" + (dump(items) if k == "response" else json.dumps(v)) for k, v in outer]
-    pieces.insert(position, '"type":' + type_value)
-    if draw(st.integers(0, 5)) == 0:  # a duplicate type: json keeps the last one
-        pieces.insert(0 if draw(st.booleans()) else len(pieces), '"type":"response.output_text.delta"')
-    return kind, "{" + ",".join(pieces) + "}"
+    if roll < 0.82:
+        code = rng.choice(["server_error", "rate_limit_exceeded", "invented", None])
+        return "error", json.dumps(
+            {"type": "error", "code": code, "message": "m", "param": None, "sequence_number": sequence}
+        )
+    return None, rng.choice(
+        [
+            '{"type": "error", "error": {"code": "server_error", "message": "m"}}',  # the SDK raises APIError
+            '{"type": "response.failed", "error": {"code": "x"}}',
+            '{"error": {}}',
+            "not json",
+            "",
+            "[DONE]",
+            "[DONE] and more",
+            "[1, 2]",
+            '"text"',
+            "{" * 3000 + "}" * 3000,
+        ]
+    )
 
 
-def other_data(draw: st.DrawFn) -> tuple[str, str]:
-    choice = draw(st.integers(0, 9))
-    if choice < 5:
-        return "delta", dump([("type", "response.output_text.delta"), ("delta", draw(st.text(max_size=20)))])
-    if choice == 5:
-        code = draw(st.sampled_from(CODES))
-        return "error", dump([("type", "error"), ("code", code), ("message", "m"), ("param", None)])
-    if choice == 6:
-        return "error", dump([("type", "error"), ("error", {"code": draw(st.sampled_from(CODES)), "message": "m"})])
-    if choice == 7:
-        return "done", "[DONE]"
-    if choice == 8:
-        return "junk", draw(st.sampled_from(["{not json", "", "[1, 2]", '"text"', '{"error": 0}']))
-    return "delta", dump([("type", "response.output_text.done"), ("text", "t")])
+def event_bytes(rng: random.Random, kind: str | None, text: str, newline: str) -> str:
+    lines: list[str] = []
+    if rng.random() < 0.1:
+        lines.append(": keep-alive comment")
+    name_roll = rng.random()
+    if name_roll < 0.5 and kind:
+        lines.append(f"event: {kind}")
+    elif name_roll < 0.6:
+        lines.append(f"event: {rng.choice(['response.completed', 'response.output_text.delta', 'message'])}")
+    elif name_roll < 0.65 and kind:
+        lines.append(f"event: {kind} ")  # a trailing space
+    elif name_roll < 0.67:
+        lines.append("event: thread.message.delta")
+    if rng.random() < 0.05:
+        lines.append(rng.choice(["id: 7", "id:", "retry: 1000", "retry: soon"]))
+    data_lines = text.split("\n") if text else [""]
+    lines.extend(("data: " if rng.random() < 0.9 else "data:") + line for line in data_lines)
+    return newline.join(lines) + newline
 
 
 @st.composite
-def streams(draw: st.DrawFn) -> bytes:
-    newline = draw(st.sampled_from(["\n", "\r\n", "\r"]))
-    out: list[str] = []
-    for _ in range(draw(st.integers(1, 8))):
-        if draw(st.integers(0, 2)) == 0:
-            kind, data = draw(lifecycle_data())
-        else:
-            kind, data = other_data(draw)
-        name = draw(st.sampled_from([None, "same", "same ", "response.output_text.delta", "message", ""]))
-        lines: list[str] = []
-        if draw(st.integers(0, 6)) == 0:
-            lines.append(draw(st.sampled_from([": keep-alive", "retry: 100", "retry: x", "id: 7", "id:", "bogus: 1"])))
-        if name is not None:
-            lines.append("event: " + (kind + name[4:] if name.startswith("same") else name))
-        if data.startswith("{") and "," in data and draw(st.integers(0, 4)) == 0:
-            cut = data.index(",") + 1  # multi-line data: the SDK joins the lines with "\n"
-            lines += ["data: " + data[:cut], "data:" + data[cut:]]
-        else:
-            lines.append("data: " + data)
-        out.append(newline.join(lines) + newline + newline)
-    if draw(st.integers(0, 4)) == 0:
-        out[-1] = out[-1][: -len(newline)]  # the last event is not terminated
-    return "".join(out).encode()
-
-
-def client_for(library: str, transport: Any, asynchronous: bool) -> Any:
-    http = client_class(library, asynchronous)(transport=transport)
-    cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
-    return cls(api_key="sk-test", base_url="http://api.test/v1", http_client=http, max_retries=0)
-
-
-def inner_transport(library: str, body: bytes, chunks: list[bytes] | None, asynchronous: bool) -> Any:
-    """Serves ``body`` in ``chunks``, or as an already loaded body when ``chunks`` is None."""
-    module = __import__(library)
-    headers = {"content-type": "text/event-stream"}
-
-    def respond(request: Any) -> Any:
-        if chunks is None:
-            return module.Response(200, headers=headers, content=body)
-        stream_class = module.AsyncByteStream if asynchronous else module.SyncByteStream
-
-        class Chunks(stream_class):  # type: ignore[misc,valid-type]
-            def __iter__(self) -> Any:
-                yield from chunks
-
-            async def __aiter__(self) -> Any:
-                for chunk in chunks:
-                    yield chunk
-
-        return module.Response(200, headers=headers, stream=Chunks())
-
-    if asynchronous:
-
-        async def async_respond(request: Any) -> Any:
-            return respond(request)
-
-        return module.MockTransport(async_respond)
-    return module.MockTransport(respond)
-
-
-def consume(client: Any, asynchronous: bool) -> tuple[list[tuple[str, str | None]], str | None]:
-    """What the SDK yields (type, response status) and the class of what it raised."""
-    got: list[tuple[str, str | None]] = []
-
-    def note(event: Any) -> None:
-        response = getattr(event, "response", None)
-        got.append((getattr(event, "type", type(event).__name__), getattr(response, "status", None)))
-
-    async def run_async() -> None:
-        stream = await client.responses.create(model=MODEL, input="hi", background=True, stream=True)
-        async for event in stream:
-            note(event)
-
-    try:
-        if asynchronous:
-            asyncio.run(run_async())
-        else:
-            for event in client.responses.create(model=MODEL, input="hi", background=True, stream=True):
-                note(event)
-    except Exception as exc:
-        name = "bgwatch" if isinstance(exc, bgwatch.BackgroundResponseError) else "sdk"
-        return got, name
-    return got, None
-
-
-def chunked(body: bytes, rng: random.Random) -> list[bytes]:
-    if len(body) < 4000 and rng.random() < 0.2:
-        return [body[i : i + 1] for i in range(len(body))]
-    cuts = sorted(rng.sample(range(1, len(body)), min(len(body) - 1, rng.randint(0, 12)))) if len(body) > 1 else []
-    return [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
-
-
-def check(library: str, body: bytes, seed: int) -> None:
-    rng = random.Random(seed)
-    asynchronous = rng.random() < 0.3
-    chunks = None if rng.random() < 0.3 else chunked(body, rng)
-    expected, raised = consume(client_for(library, inner_transport(library, body, [body], False), False), False)
-    lifecycle = [status for kind, status in expected if kind in STATUS_OF]
-    watcher, recorder = recording_watcher()
-    transport = transport_class(library, asynchronous)(
-        inner_transport(library, body, chunks, asynchronous), watcher=watcher
-    )
-    assert consume(client_for(library, transport, asynchronous), asynchronous) == (expected, raised)
-    assert [seen[2] for seen in recorder.seen] == lifecycle
-    assert recorder.errors == []
-    # raise mode: the same events up to the first failed lifecycle event, then our exception
-    watcher, recorder = recording_watcher()
-    inner = inner_transport(library, body, chunks, asynchronous)
-    transport = transport_class(library, asynchronous)(inner, watcher=watcher, raise_on=("failed",))
-    got, got_raised = consume(client_for(library, transport, asynchronous), asynchronous)
-    if "failed" in lifecycle:
-        cut = next(i for i, (kind, status) in enumerate(expected) if kind in STATUS_OF and status == "failed")
-        assert (got, got_raised) == (expected[:cut], "bgwatch")
+def streams(draw: Any) -> tuple[bytes, list[int], bool]:
+    """(stream bytes, chunk cut points, served as a loaded body)."""
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    newline = rng.choice(["\n", "\n", "\r\n", "\r"])
+    text = "\ufeff" if rng.random() < 0.03 else ""
+    for sequence in range(rng.randint(0, 7)):
+        kind, data = event_data(rng, sequence)
+        text += event_bytes(rng, kind, data, newline) + newline
+    if rng.random() < 0.2:  # a last event with no blank line after it: the SDK never yields it
+        kind, data = event_data(rng, 99)
+        text += event_bytes(rng, kind, data, newline).rstrip("\r\n")
+    raw = text.encode("utf-8")
+    if rng.random() < 0.03 and raw:
+        at = rng.randrange(len(raw))
+        raw = raw[:at] + b"\xff" + raw[at:]
+    if rng.random() < 0.03:
+        cuts = list(range(1, len(raw)))  # byte by byte
     else:
-        assert (got, got_raised) == (expected, raised)
-    assert isinstance(recorder, Recorder) and recorder.errors == []
+        cuts = sorted(rng.sample(range(1, max(2, len(raw))), min(max(0, len(raw) - 1), rng.randint(0, 8))))
+    return raw, cuts, rng.random() < 0.3
+
+
+# -- the clients ---------------------------------------------------------------------------------
+
+
+class Rig:
+    """Bare, observing and raising SDK clients of one library; ``served`` is what they get next."""
+
+    def __init__(self, library: str, asynchronous: bool) -> None:
+        self.library = library
+        self.asynchronous = asynchronous
+        self.module = __import__(library)
+        self.served: tuple[bytes, list[int], bool] = (b"", [], False)
+        self.observed: list[Observation] = []
+        self.recorder = Recorder()
+        self.watcher = bgwatch.Watcher(registry=CollectorRegistry(), sinks=[self.recorder])
+        cls = transport_class(library, asynchronous)
+        sdk = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+
+        def client(transport: Any) -> Any:
+            http = client_class(library, asynchronous)(transport=transport)
+            return sdk(api_key="sk-test", base_url="http://api.test/v1", http_client=http, max_retries=0)
+
+        self.bare = client(self.server())
+        self.observing = client(cls(self.server(), watcher=self.watcher))
+        self.raising = client(cls(self.server(), watcher=self.watcher, raise_on=RAISE_ON))
+
+    def respond(self) -> Any:
+        raw, cuts, loaded = self.served
+        headers = {"content-type": "text/event-stream; charset=utf-8", "x-request-id": REQUEST_ID}
+        if loaded:
+            return self.module.Response(200, headers=headers, content=raw)
+        chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True) if raw[a:b]]
+        stream = (AsyncChunks if self.asynchronous else Chunks)(self.module, chunks)
+        return self.module.Response(200, headers=headers, stream=stream)
+
+    def server(self) -> Any:
+        rig, module = self, self.module
+        if self.asynchronous:
+
+            class AsyncServer(module.AsyncBaseTransport):  # type: ignore[misc,name-defined]
+                async def handle_async_request(self, request: Any) -> Any:
+                    return rig.respond()
+
+            return AsyncServer()
+
+        class Server(module.BaseTransport):  # type: ignore[misc,name-defined]
+            def handle_request(self, request: Any) -> Any:
+                return rig.respond()
+
+        return Server()
+
+    def events(self, client: Any) -> tuple[list[Any], BaseException | None]:
+        """What iterating ``responses.create(stream=True)`` yielded, and what it raised."""
+        got: list[Any] = []
+
+        async def run_async() -> None:
+            stream = await client.responses.create(model="gpt-4.1", input="hi", background=True, stream=True)
+            async for event in stream:
+                got.append(event)
+
+        try:
+            if self.asynchronous:
+                LOOP.run_until_complete(run_async())
+            else:
+                for event in client.responses.create(model="gpt-4.1", input="hi", background=True, stream=True):
+                    got.append(event)
+        except Exception as exc:
+            return got, exc
+        return got, None
+
+
+def Chunks(module: Any, chunks: list[bytes]) -> Any:
+    class _Chunks(module.SyncByteStream):  # type: ignore[misc,name-defined]
+        def __iter__(self) -> Iterator[bytes]:
+            yield from chunks
+
+    return _Chunks()
+
+
+def AsyncChunks(module: Any, chunks: list[bytes]) -> Any:
+    class _Chunks(module.AsyncByteStream):  # type: ignore[misc,name-defined]
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+    return _Chunks()
+
+
+# -- the oracle ----------------------------------------------------------------------------------
+
+
+def expected_observations(events: list[Any]) -> list[Observation]:
+    """One observation per lifecycle event the SDK yielded, with its values; error codes filled in."""
+    expected: list[Observation] = []
+    error_code: str | None = None
+    error_for: str | None = None
+    last_id: str | None = None
+    for event in events:
+        kind = getattr(event, "type", None)
+        if kind == "error":
+            code = getattr(event, "code", None)
+            error_code = code[:256] if isinstance(code, str) and code else None
+            error_for = last_id
+            continue
+        response = getattr(event, "response", None)
+        if kind not in LIFECYCLE_EVENTS or not isinstance(response, Response):
+            continue
+        observation = observation_from_mapping("create", sdk_view(response), REQUEST_ID)  # type: ignore[arg-type]
+        if observation is None:
+            continue
+        last_id = observation.response_id
+        if (
+            observation.status == "failed"
+            and observation.error_code is None
+            and error_code is not None
+            and error_for in (None, observation.response_id)
+        ):
+            observation = replace(observation, error_code=error_code)
+        expected.append(observation)
+    return expected
+
+
+def essentials(observation: Observation) -> tuple[Any, ...]:
+    o = observation
+    return (o.call, o.response_id, o.status, o.error_code, o.incomplete_reason, o.model, o.request_id)
+
+
+def dumped(events: list[Any]) -> list[Any]:
+    return [event.model_dump() if isinstance(event, openai.BaseModel) else event for event in events]
+
+
+def failure(exc: BaseException | None) -> tuple[str, str] | None:
+    return None if exc is None else (type(exc).__name__, str(exc))
+
+
+def check(rig: Rig) -> None:
+    bare, bare_exc = rig.events(rig.bare)
+    expected = expected_observations(bare)
+
+    rig.recorder.clear()
+    observed, observed_exc = rig.events(rig.observing)
+    assert dumped(observed) == dumped(bare)
+    assert failure(observed_exc) == failure(bare_exc)
+    assert [essentials(o) for o in rig.recorder.observations] == [essentials(o) for o in expected]
+    assert rig.recorder.internal_errors == []
+    rig.observed = list(rig.recorder.observations)
+
+    rig.recorder.clear()
+    raised, raised_exc = rig.events(rig.raising)
+    first = next((i for i, o in enumerate(expected) if o.status in RAISE_ON), None)
+    if first is None:
+        assert dumped(raised) == dumped(bare)
+        assert failure(raised_exc) == failure(bare_exc)
+        return
+    assert dumped(raised) == dumped(bare[: _position_of(bare, expected[first])])
+    assert isinstance(raised_exc, bgwatch.BackgroundResponseError)
+    assert raised_exc.status == expected[first].status
+    assert raised_exc.response_id == expected[first].response_id
+    if expected[first].status == "failed":
+        assert raised_exc.code == expected[first].error_code
+
+
+def _position_of(events: list[Any], observation: Observation) -> int:
+    """Index of the event the observation came from (the first lifecycle event that gives it)."""
+    for index, event in enumerate(events):
+        response = getattr(event, "response", None)
+        if getattr(event, "type", None) in LIFECYCLE_EVENTS and isinstance(response, Response):
+            seen = observation_from_mapping("create", sdk_view(response), REQUEST_ID)  # type: ignore[arg-type]
+            if seen is not None and (seen.response_id, seen.status) == (observation.response_id, observation.status):
+                return index
+    raise AssertionError("no event gave the observation")
+
+
+RIGS: dict[tuple[str, bool], Rig] = {}
+
+
+def rig_for(library: str, asynchronous: bool) -> Rig:
+    key = (library, asynchronous)
+    if key not in RIGS:
+        RIGS[key] = Rig(library, asynchronous)
+    return RIGS[key]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("library", LIBRARIES)
-@SETTINGS
-@given(body=streams(), seed=st.integers(0, 2**32))
-def test_bgwatch_counts_what_the_sdk_yields(library: str, body: bytes, seed: int) -> None:
-    check(library, body, seed)
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
+@given(stream=streams())
+def test_streams_agree_with_the_sdk(library: str, asynchronous: bool, stream: tuple[bytes, list[int], bool]) -> None:
+    rig = rig_for(library, asynchronous)
+    rig.served = stream
+    check(rig)
+
+
+# -- named regressions, one per stream class of issue 11 ----------------------------------------
+
+
+def one_stream(library: str, raw: bytes, *, loaded: bool = False, cuts: list[int] | None = None) -> Rig:
+    rig = Rig(library, asynchronous=False)
+    rig.served = (raw, cuts or [], loaded)
+    check(rig)
+    return rig
+
+
+def failed_event(code: str = "server_error", *, instructions: int = 0, tools: int = 0, sdk_order: bool = False) -> str:
+    response: dict[str, Any] = {
+        "id": "resp_regression",
+        "object": "response",
+        "created_at": 1_760_000_000,
+        "status": "failed",
+        "background": True,
+        "error": {"code": code, "message": "boom"},
+        "incomplete_details": None,
+        "instructions": "i" * instructions or None,
+        "model": "gpt-4.1",
+        "output": [],
+        "tools": [{"type": "function", "name": "f", "description": "t" * tools}] if tools else [],
+    }
+    if sdk_order:
+        response = dict(sorted(response.items(), key=lambda kv: SDK_ORDER.get(kv[0], len(SDK_ORDER))))
+    return json.dumps({"type": "response.failed", "sequence_number": 3, "response": response})
+
+
+def failed_codes(rig: Rig) -> list[tuple[str | None, str | None]]:
+    return [(o.error_code, o.model) for o in rig.observed if o.status == "failed"]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_type_from_data_not_the_event_line(library: str) -> None:
+    raw = f"event: response.output_text.delta\ndata: {failed_event()}\n\n".encode()
+    assert failed_codes(one_stream(library, raw)) == [("server_error", "gpt-4.1")]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_trailing_space_event_line(library: str) -> None:
+    raw = f"event: response.failed \ndata: {failed_event()}\n\n".encode()
+    assert failed_codes(one_stream(library, raw)) == [("server_error", "gpt-4.1")]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_no_event_line_type_late_in_data(library: str) -> None:
+    data = json.loads(failed_event())
+    late = {"sequence_number": 3, "response": data["response"], "type": "response.failed"}
+    raw = f"data: {json.dumps(late)}\n\n".encode()
+    assert failed_codes(one_stream(library, raw)) == [("server_error", "gpt-4.1")]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_unterminated_last_event_is_not_counted(library: str) -> None:
+    raw = f"event: response.failed\ndata: {failed_event()}\n".encode()
+    assert failed_codes(one_stream(library, raw)) == []
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_nothing_after_done_counts(library: str) -> None:
+    raw = f"data: [DONE]\n\nevent: response.failed\ndata: {failed_event()}\n\n".encode()
+    assert failed_codes(one_stream(library, raw)) == []
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_nothing_after_an_event_the_sdk_cannot_parse(library: str) -> None:
+    for bad in (
+        "data: not json\n\n",
+        "event: response.failed\n\n",
+        'data: {"error": {"code": "x"}}\n\n',
+        "data: \xff\n\n",
+    ):
+        raw = bad.encode("latin-1") + f"data: {failed_event()}\n\n".encode()
+        assert failed_codes(one_stream(library, raw)) == [], bad
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_large_instructions_before_model_keep_the_model(library: str) -> None:
+    raw = f"data: {failed_event(instructions=200 * 1024)}\n\n".encode()
+    assert failed_codes(one_stream(library, raw, cuts=list(range(4096, len(raw), 4096)))) == [
+        ("server_error", "gpt-4.1")
+    ]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_sdk_order_with_large_tools_is_counted(library: str) -> None:
+    raw = f"data: {failed_event(tools=200 * 1024, sdk_order=True)}\n\n".encode()
+    assert failed_codes(one_stream(library, raw, cuts=list(range(4096, len(raw), 4096)))) == [
+        ("server_error", "gpt-4.1")
+    ]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_a_loaded_event_stream_is_observed(library: str) -> None:
+    raw = f"event: response.failed\ndata: {failed_event()}\n\n".encode()
+    assert failed_codes(one_stream(library, raw, loaded=True)) == [("server_error", "gpt-4.1")]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_a_byte_order_mark_hides_the_first_event_from_the_sdk(library: str) -> None:
+    raw = f"\ufeffdata: {failed_event()}\n\ndata: {failed_event('rate_limit_exceeded')}\n\n".encode()
+    assert failed_codes(one_stream(library, raw)) == [("rate_limit_exceeded", "gpt-4.1")]

@@ -39,6 +39,7 @@ import pytest
 from .demo_harness import scraped_demo
 from .prometheus_harness import (
     DASHBOARD_DIR,
+    NEW_METRICS,
     RULES_FILE,
     DashboardTarget,
     Prometheus,
@@ -73,16 +74,20 @@ DASHBOARD_TARGETS = [t for p in sorted(DASHBOARD_DIR.glob("*.json")) for t in da
 # (alerts without a code label: the empty set means "returns nothing").
 EXPECTED_ALERT_CODES: dict[str, set[str]] = {
     # every code is > 10% of the finished responses (see test_demo_run_matched_its_ledger)
-    "BgResponseFailureRateHigh": set(CODES),
+    "BgwatchFailureRatioHigh": set(CODES),
     # a run shorter than 5 minutes has the same increase in its 5m and 1h windows, so the 5m
     # rate is 12x the 1h rate: every code with >= 5 failures "spikes", except
-    # rate_limit_exceeded, which the expression leaves to BgResponseRateLimited
-    "BgResponseFailureCodeSpike": set(CODES) - {"rate_limit_exceeded"},
-    "BgResponseRateLimited": {"rate_limit_exceeded"},
+    # rate_limit_exceeded, which the expression leaves to BgwatchRateLimited
+    "BgwatchFailureCodeSpike": set(CODES) - {"rate_limit_exceeded"},
+    "BgwatchRateLimited": {"rate_limit_exceeded"},
     # returns nothing: nothing is in flight at the end, and responses finished all along
-    "BgResponseStuckInFlight": set(),
+    "BgwatchNoResponsesFinishing": set(),
     # returns nothing: bgwatch caught no error of its own (the counters exist, at 0)
     "BgwatchInternalErrors": set(),
+    # return nothing: queue waits of a few seconds, nothing stuck or abandoned in a 150-response run
+    "BgwatchResponseStuck": set(),
+    "BgwatchQueueSlow": set(),
+    "BgwatchResponsesAbandoned": set(),
 }
 
 
@@ -162,6 +167,16 @@ def _panel_expr(run: Run, expr: str) -> str:
     )
 
 
+def _skip_if_not_exported_yet(run: Run, expr: str) -> None:
+    """The metrics of issues 12 and 15 come from other branches: until the demo exports a series
+    of them, a query over it is empty. Skip (not pass) those, so that the merge tightens itself."""
+    names = metric_names_in(expr)
+    names |= {n for r in RECORDS if r.name in names for n in metric_names_in(r.expr)}
+    for name in names & NEW_METRICS:
+        if not run.prom.query(f'count({{__name__="{name}", job="{JOB}"}})', at=run.at):
+            pytest.skip(f"{name}: not exported by this build's demo yet (issues 12/15)")
+
+
 def _finite(result: list[dict[str, Any]]) -> bool:
     return all(math.isfinite(float(s["value"][1])) for s in result)
 
@@ -176,11 +191,13 @@ def test_demo_run_matched_its_ledger(run: Run) -> None:
     assert summary["errors"] == {}
     assert summary["faults_injected"] > 0  # retried by the SDK and the wait, counted once
     assert ledger["created"] == RESPONSES and sum(ledger["finished"].values()) == RESPONSES
+    assert ledger["queue_waits"] == RESPONSES and summary["queue_wait"]["ledger_seconds"] > 0
+    assert {kind.split()[1] for kind in ledger["tokens"]} == {"completed", "failed", "incomplete", "cancelled"}
     assert run.exit_status == 0  # --keep-serving, stopped with SIGTERM: exits with the match status
     # The preconditions of EXPECTED_ALERT_CODES (a changed simulator draw shows up here first).
     assert set(ledger["failed"]) == set(CODES)
     for code, n in ledger["failed"].items():
-        assert n >= 0.13 * RESPONSES, f"{code}: {n} failures, too few for BgResponseFailureRateHigh (10%)"
+        assert n >= 0.13 * RESPONSES, f"{code}: {n} failures, too few for BgwatchFailureRatioHigh (10%)"
 
 
 def test_prometheus_scraped_the_whole_workload(run: Run) -> None:
@@ -229,11 +246,38 @@ def test_other_counts_at_the_last_scrape_equal_the_ledger(run: Run, expr: str, l
         assert counted == {"": float(expected)}
 
 
+def test_tokens_by_type_and_status_at_the_last_scrape_equal_the_ledger(run: Run) -> None:
+    result = run.prom.query(f'sum by (type, status) (bg_response_tokens_total{{job="{JOB}"}})', at=run.at)
+    counted = {f"{s['metric']['type']} {s['metric']['status']}": float(s["value"][1]) for s in result}
+    assert {k: v for k, v in counted.items() if v} == {k: float(v) for k, v in run.ledger["tokens"].items()}
+
+
+def test_queue_wait_at_the_last_scrape_equals_the_demo_and_the_ledger(run: Run) -> None:
+    selector = f'{{job="{JOB}"}}'
+    count = run.prom.query_value(f"sum(bg_response_queue_seconds_count{selector})", at=run.at)
+    total = run.prom.query_value(f"sum(bg_response_queue_seconds_sum{selector})", at=run.at)
+    queue = run.summary["queue_wait"]
+    assert count == run.ledger["queue_waits"]  # one wait per response, every one seen past queued
+    assert total == pytest.approx(queue["bgwatch_seconds"], rel=1e-9)  # what the demo read in-process
+    assert abs(total - queue["ledger_seconds"]) <= queue["tolerance_seconds"]
+    # Polling sees the end of the queue up to a poll late, never early (less a round trip each).
+    assert total >= queue["really_queued_seconds"] - queue["tolerance_seconds"]
+
+
+def test_oldest_in_flight_rose_during_the_run_and_is_zero_at_the_end(run: Run) -> None:
+    selector = f'bg_response_oldest_in_flight_seconds{{job="{JOB}"}}'
+    assert run.prom.query_value(f"sum({selector})", at=run.at) == 0.0
+    highest = run.prom.query_value(f"max(max_over_time({selector}[{run.rate_interval}]))", at=run.at)
+    # responses run 0.5-3 s (queue included); HTTP faults and their retries add a little
+    assert highest is not None and 0.5 < highest < 30
+
+
 # --------------------------------------------------------------------------- dashboards
 
 
 @pytest.mark.parametrize("target", DASHBOARD_TARGETS, ids=str)
 def test_dashboard_panel_query_returns_data(run: Run, target: DashboardTarget) -> None:
+    _skip_if_not_exported_yet(run, target.expr)
     result = run.prom.query(_panel_expr(run, target.expr), at=run.at)
     assert result, f"{target}: no data"
     assert _finite(result), f"{target}: {result}"
@@ -285,6 +329,7 @@ def test_rule_expression_at_the_end_of_the_run(run: Run, rule: Rule) -> None:
     assert _finite(result), result
     assert all(s["metric"].get("job") == JOB for s in result), result
     if rule.kind == "record":
+        _skip_if_not_exported_yet(run, rule.expr)
         assert result, f"{rule.name}: no data"
     else:
         assert {s["metric"].get("code", "") for s in result} == EXPECTED_ALERT_CODES[rule.name], result
@@ -321,7 +366,9 @@ def test_recorded_series_equal_their_expression(run: Run, rule: Rule) -> None:
     matchers = ", ".join(f'{k}="{v}"' for k, v in {"job": JOB, **labels}.items())
     # A gauge read by an instant selector goes stale when the demo stops: compare those at the
     # end of the run, when in flight had settled at 0 (constant, so no window effects either).
-    at = run.at if "bg_response_in_flight" in metric_names_in(rule.expr) else run.frozen_at
+    _skip_if_not_exported_yet(run, rule.expr)
+    gauges = {"bg_response_in_flight", "bg_response_oldest_in_flight_seconds"}
+    at = run.at if gauges & metric_names_in(rule.expr) else run.frozen_at
     recorded = _series(run.prom.query(f"{rule.name}{{{matchers}}}", at=at))
     adhoc = _series(run.prom.query(rule.expr, at=at), labels)
     assert recorded, f"{rule.name}: nothing recorded"
@@ -337,10 +384,10 @@ def test_ratio_and_baseline_rules_equal_the_direct_computation(run: Run) -> None
         return v
 
     failed, finished = value("job:bg_response_failed:rate5m"), value("job:bg_response_finished:rate5m")
-    assert value("job:bg_response_failure_ratio:rate5m") == pytest.approx(failed / finished, rel=1e-12)
+    assert value("job:bg_response_failed_per_finished:ratio_rate5m") == pytest.approx(failed / finished, rel=1e-12)
     by_code_5m = _by(prom.query(f'job_code:bg_response_failed:rate5m{{job="{JOB}"}}', at=at), "code")
     by_code_1h = _by(prom.query(f'job_code:bg_response_failed:rate1h{{job="{JOB}"}}', at=at), "code")
-    ratio = _by(prom.query(f'job_code:bg_response_failure_ratio:rate5m{{job="{JOB}"}}', at=at), "code")
+    ratio = _by(prom.query(f'job_code:bg_response_failed_per_finished:ratio_rate5m{{job="{JOB}"}}', at=at), "code")
     assert set(by_code_5m) == set(by_code_1h) == set(ratio) == set(CODES)
     assert sum(by_code_5m.values()) == pytest.approx(failed, rel=1e-12)
     for code in CODES:

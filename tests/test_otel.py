@@ -34,11 +34,18 @@ from prometheus_client.parser import text_string_to_metric_families
 import bgwatch
 from bgwatch._tracker import Tracker
 from bgwatch.errors import ConfigurationError
-from bgwatch.metrics import DURATION_BUCKETS, INTERNAL_ERROR_STAGES, METRIC_NAMES
+from bgwatch.metrics import DURATION_BUCKETS, INTERNAL_ERROR_STAGES, METRIC_NAMES, QUEUE_BUCKETS
 from bgwatch.tracing import MAX_LINKS
 from bgwatch.transports import sdk_library
 
 from .conftest import FakeAPI, response_body, sample
+
+
+@pytest.fixture(autouse=True)
+def _genai_latest_experimental(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the experimental GenAI names (test_instrumentation covers the default)."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+
 
 SDK_LIBRARY = sdk_library()  # httpx2 on openai >= 3, httpx on openai 2.x
 http_module: Any = pytest.importorskip(SDK_LIBRARY)
@@ -388,7 +395,7 @@ def test_a_response_first_seen_terminal_gets_a_complete_span(
 def test_evicted_and_expired_responses_end_their_span(
     fake_api: FakeAPI, registry: CollectorRegistry, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    watcher = bgwatch.Watcher(registry=registry, tracer_provider=tracer_provider, max_tracked=2, ttl_seconds=0.2)
+    watcher = bgwatch.Watcher(registry=registry, tracer_provider=tracer_provider, max_tracked=2, in_flight_ttl=0.2)
     client = client_for(fake_api, watcher)
     for n in range(3):
         fake_api.json(f"GET /responses/r{n}", response_body(f"r{n}", "in_progress"))
@@ -436,7 +443,7 @@ def test_tracker_attachments_are_made_once_and_released_when_terminal() -> None:
     final = tracker.observe("r", "completed", Attached)
     assert final.finished and final.attachment is made[0]
     assert tracker.observe("r", "completed", Attached).attachment is None
-    assert tracker._entries["r"].attachment is None  # a terminal id holds nothing
+    assert tracker._ended.get("r").attachment is None  # type: ignore[union-attr]  # a terminal id holds nothing
     assert len(made) == 1
 
 
@@ -618,13 +625,26 @@ def run_workload(client: openai.OpenAI, fake_api: FakeAPI) -> None:
         rid = f"resp_w{n}"
         fake_api.json("POST /responses", response_body(rid, "queued", output_text=""))
         final = response_body(rid, status, code=code, reason=reason, message=ERROR_MESSAGE, output_text=OUTPUT)
+        final["usage"] = usage(10 + n, 3 * n)
         fake_api.sequence(f"GET /responses/{rid}", [(200, response_body(rid, "in_progress")), (200, final)])
         client.responses.create(model=REQUEST_MODEL, input=PROMPT, instructions=PROMPT, background=True)
         for _ in range(3):
             client.responses.retrieve(rid)
 
 
+def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """A Responses API ``usage`` object."""
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
 def comparable(exposition: str) -> set[tuple[str, frozenset[tuple[str, str]], float]]:
+    """Samples without creation timestamps and scope labels; ages (computed at each scrape) in whole minutes."""
     found = set()
     for family in text_string_to_metric_families(exposition):
         if family.name == "target_info":
@@ -633,7 +653,8 @@ def comparable(exposition: str) -> set[tuple[str, frozenset[tuple[str, str]], fl
             if s.name.endswith("_created"):  # prometheus_client's creation timestamps
                 continue
             labels = frozenset((k, v) for k, v in s.labels.items() if not k.startswith("otel_scope_"))
-            found.add((s.name, labels, s.value))
+            value = s.value // 60 if s.name == "bg_response_oldest_in_flight_seconds" else s.value
+            found.add((s.name, labels, value))
     return found
 
 
@@ -670,6 +691,8 @@ def test_otel_mirror_instruments(fake_api: FakeAPI) -> None:
         "bg_response_created", "bg_response_polls", "bg_response_finished", "bg_response_failed",
         "bg_response_incomplete", "bg_response_duration", "bg_response_in_flight",
         "bgwatch_internal_errors",  # every stage exists from the start, at 0
+        "bg_response_abandoned",  # at 0 from its model's first create
+        "bg_response_queue", "bg_response_tokens", "bg_response_oldest_in_flight",
     }  # fmt: skip
     errors = {p.attributes["stage"]: p.value for p in metrics["bgwatch_internal_errors"].data.data_points}  # type: ignore[union-attr,index]
     assert errors == dict.fromkeys(INTERNAL_ERROR_STAGES, 0)
@@ -685,6 +708,16 @@ def test_otel_mirror_instruments(fake_api: FakeAPI) -> None:
     }
     in_flight = list(metrics["bg_response_in_flight"].data.data_points)
     assert [p.value for p in in_flight] == [1]  # type: ignore[attr-defined]
+    queue = metrics["bg_response_queue"]
+    assert queue.unit == "s"
+    queue_points = list(queue.data.data_points)
+    assert all(tuple(p.explicit_bounds) == QUEUE_BUCKETS for p in queue_points)  # type: ignore[attr-defined]
+    assert sum(p.count for p in queue_points) == 7  # type: ignore[attr-defined]  # every create answered queued
+    tokens = {tuple(sorted(p.attributes.items())): p.value for p in metrics["bg_response_tokens"].data.data_points}  # type: ignore[union-attr]
+    assert sum(v for k, v in tokens.items() if ("type", "input") in k) == sum(10 + n for n in range(6))
+    assert sum(v for k, v in tokens.items() if ("type", "output") in k) == sum(3 * n for n in range(6))
+    (oldest,) = metrics["bg_response_oldest_in_flight"].data.data_points
+    assert oldest.value == pytest.approx(time.time() - CREATED_AT, abs=5)  # type: ignore[attr-defined]
     meter_provider.shutdown()
 
 

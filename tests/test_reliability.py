@@ -11,12 +11,15 @@ The ground truth is twofold: the simulator's ledger (the outcome each response r
 reached) and what the SDK handed back to the clients (which responses were observed in a
 terminal state, and as what). bgwatch must have counted every observed terminal response
 exactly once under its status, code and reason, nothing else, every poll, every create,
-and must leave in flight exactly the responses a client stopped watching before their end.
+and must leave in flight exactly the responses a client stopped watching before their end;
+once nobody has looked at those for ``in_flight_ttl`` they are abandoned, and every response
+whose create was seen is accounted for: in flight + finished + abandoned == created.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import os
 import random
@@ -112,23 +115,41 @@ class Seen:
     failed_polls: int = 0
     abandoned: int = 0
     walked_away: int = 0
+    # time.time() just after the SDK handed back the create's answer / the first answer past queued
+    create_answered: dict[str, float] = field(default_factory=dict)
+    started_answered: dict[str, float] = field(default_factory=dict)
 
     def created(self, response: Any) -> None:
+        answered = time.time()
         with self.lock:
             self.creates += 1
-            self._saw(response)
+            self.create_answered[response.id] = answered
+            self._saw(response, answered)
 
     def polled(self, response: Any) -> None:
+        answered = time.time()
         with self.lock:
             self.polls[response.status] += 1
-            self._saw(response)
+            self._saw(response, answered)
 
-    def _saw(self, response: Any) -> None:
+    def _saw(self, response: Any, answered: float) -> None:
         self.last[response.id] = response.status
+        if response.status != "queued":
+            self.started_answered.setdefault(response.id, answered)
         if response.status in TERMINAL:
             code = response.error.code if response.error is not None else None
             reason = response.incomplete_details.reason if response.incomplete_details is not None else None
             self.terminal.setdefault(response.id, (response.status, code, reason))
+
+
+class OffsetClock:
+    """time.monotonic() plus an offset the test moves forward (to let the in-flight TTL pass)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
 
 
 def _lifecycle(client: openai.OpenAI, seen: Seen, rng: random.Random) -> None:
@@ -253,7 +274,8 @@ def test_every_observed_terminal_response_is_counted_once_under_the_right_code(
 ) -> None:
     base_url, control = simulator
     registry = CollectorRegistry()
-    watcher = bgwatch.Watcher(registry=registry)
+    clock = OffsetClock()
+    watcher = bgwatch.Watcher(registry=registry, clock=clock)
     seen = Seen()
     started = time.monotonic()
     errors: list[BaseException] = []
@@ -306,13 +328,65 @@ def test_every_observed_terminal_response_is_counted_once_under_the_right_code(
     assert 0 < unfinished <= seen.abandoned + seen.walked_away
     assert sample(registry, "bg_response_in_flight") == unfinished == watcher.tracker.in_flight
     assert sum(1 for rid, status in seen.last.items() if status not in TERMINAL and rid in ledger) > 0
+
+    # Every response whose create was seen is in flight, finished or abandoned: nothing leaks.
+    def accounted() -> tuple[float, ...]:
+        in_flight = sample(registry, "bg_response_in_flight")
+        finished = total(registry, "bg_response_finished_total")
+        abandoned = total(registry, "bg_response_abandoned_total")
+        return in_flight, finished, abandoned, sample(registry, "bg_response_created_total", model=MODEL)
+
+    in_flight, finished, abandoned, created = accounted()
+    assert (in_flight, abandoned) == (unfinished, 0) and in_flight + finished + abandoned == created
+    clock.offset += watcher.tracker.in_flight_ttl + 1  # nobody polls them any more: an hour passes
+    watcher.sweep()
+    in_flight, finished, abandoned, created = accounted()
+    assert (in_flight, abandoned) == (0, unfinished) and in_flight + finished + abandoned == created
     assert total(registry, "bgwatch_internal_errors_total") == 0
+
+    # Tokens: each observed terminal response's usage, once, under its terminal status (the
+    # ledger's numbers are the ones the simulator put into the bodies).
+    expected_tokens: Counter[tuple[str, str]] = Counter()
+    for response_id, (status, _, _) in seen.terminal.items():
+        expected_tokens["input", status] += ledger[response_id].input_tokens
+        expected_tokens["output", status] += ledger[response_id].output_tokens
+    counted_tokens: Counter[tuple[str, str]] = Counter()
+    for metric in registry.collect():
+        for s in metric.samples:
+            if s.name == "bg_response_tokens_total":
+                counted_tokens[s.labels["type"], s.labels["status"]] += int(s.value)
+    assert counted_tokens == +expected_tokens and sum(expected_tokens.values()) > 0
+
+    # Queue wait: measured once for every response a client saw past queued (from its create's
+    # answer on), never for one it only saw queued. Each lies between what the clocks allow:
+    # from after the true creation (bgwatch's start is the create's answer, clamped into the
+    # whole second of created_at) to no later than the client got the first answer past queued,
+    # and no shorter than the true time queued less the create's round trip.
+    started = [rid for rid, status in seen.last.items() if status != "queued"]
+    assert set(started) == set(seen.started_answered)
+    assert sample(registry, "bg_response_queue_seconds_count", model=MODEL) == len(started)
+    measured = sample(registry, "bg_response_queue_seconds_sum", model=MODEL)
+    latest = math.fsum(seen.started_answered[rid] - _created(ledger, rid) for rid in started)
+    earliest = math.fsum(_created(ledger, rid) + _queued(ledger, rid) - seen.create_answered[rid] for rid in started)
+    assert earliest <= measured <= latest, (earliest, measured, latest)
     print(
         f"\n{total_responses} responses in {elapsed:.1f} s: {len(seen.terminal)} seen terminal,"
         f" {seen.walked_away} walked away, {seen.abandoned} abandoned, {seen.failed_creates} creates failed,"
         f" {seen.failed_polls} polls failed;"
         f" faults served: {faults}; ledger {len(ledger)}"
     )
+
+
+def _created(ledger: dict[str, Outcome], response_id: str) -> float:
+    created = ledger[response_id].created_at
+    assert created is not None
+    return created
+
+
+def _queued(ledger: dict[str, Outcome], response_id: str) -> float:
+    queued = ledger[response_id].queue_seconds
+    assert queued is not None
+    return queued
 
 
 def total(registry: CollectorRegistry, name: str) -> float:

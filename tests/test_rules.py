@@ -28,6 +28,7 @@ from .prometheus_harness import (
     CONTRACT_METRICS,
     DASHBOARD_DIR,
     DURATION_BUCKETS,
+    QUEUE_BUCKETS,
     REPO_ROOT,
     RULE_TESTS_DIR,
     RULES_FILE,
@@ -52,10 +53,13 @@ RECORDS = [r for r in RULES if r.kind == "record"]
 RULE_TEST_FILES = sorted(RULE_TESTS_DIR.glob("*.yml"))
 DASHBOARD_TARGETS = [t for p in sorted(DASHBOARD_DIR.glob("*.json")) for t in dashboard_targets(p)]
 EXPECTED_ALERTS = {
-    "BgResponseFailureRateHigh",
-    "BgResponseFailureCodeSpike",
-    "BgResponseRateLimited",
-    "BgResponseStuckInFlight",
+    "BgwatchFailureRatioHigh",
+    "BgwatchFailureCodeSpike",
+    "BgwatchRateLimited",
+    "BgwatchNoResponsesFinishing",
+    "BgwatchResponseStuck",
+    "BgwatchQueueSlow",
+    "BgwatchResponsesAbandoned",
     "BgwatchInternalErrors",
 }
 
@@ -96,6 +100,8 @@ def test_recording_rule_name_is_level_metric_operations(rule: Rule) -> None:
     assert re.fullmatch(r"(bg_response|bgwatch)_[a-z_]+", metric)
     assert not metric.endswith("_total"), "drop _total from a rate's metric name"
     assert re.fullmatch(r"[a-z0-9_]+", operations)
+    if re.search(r"\n/", rule.expr):  # a ratio: level:a_per_b:ratio_rate5m (monitoring-mixins)
+        assert "_per_" in metric and operations == "ratio_rate5m", rule.name
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
@@ -140,9 +146,17 @@ def test_alert_metadata(alert: Rule) -> None:
     raw = alert.raw
     assert re.fullmatch(r"\d+[smh]", str(raw.get("for", ""))), "every alert needs `for`"
     assert raw["labels"]["severity"] in {"warning", "critical"}
+    assert alert.name.startswith("Bgwatch"), "one alert-name prefix"
     annotations = raw["annotations"]
-    assert set(annotations) == {"summary", "description", "runbook_url"}
-    assert "{{" in annotations["summary"] and "$labels.job" in annotations["description"]
+    assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}
+    summary = annotations["summary"]
+    assert summary[0].isupper() or summary.startswith("bgwatch"), "a sentence"
+    assert summary.endswith(".") and "{{" not in summary, "summaries are plain sentences"
+    assert "$labels.job" in annotations["description"]
+    assert re.fullmatch(
+        r"http://localhost:3000/d/bgwatch-(overview|failures)\?var-job=\{\{ \$labels.job \}\}.*",
+        annotations["dashboard_url"],
+    )
     assert "$value" in annotations["description"], "say how bad it is"
     assert annotations["runbook_url"] == f"{RUNBOOK_URL}#{alert.name.lower()}"
     anchors = _github_anchors(RUNBOOK.read_text(encoding="utf-8"))
@@ -168,7 +182,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test(alert: Rule) -> None:
     for case in firing:
         for exp in case["exp_alerts"]:
             assert exp["exp_labels"]["severity"] == alert.raw["labels"]["severity"]
-            assert set(exp["exp_annotations"]) == {"summary", "description", "runbook_url"}
+            assert set(exp["exp_annotations"]) == {"summary", "description", "runbook_url", "dashboard_url"}
 
 
 def test_every_recording_rule_has_a_unit_test() -> None:
@@ -205,6 +219,10 @@ class ContractExporter:
             registry=reg,
         )
         self.in_flight = Gauge("bg_response_in_flight", "in flight", registry=reg)
+        self.abandoned = Counter("bg_response_abandoned", "abandoned", ["model"], registry=reg)
+        self.queue = Histogram("bg_response_queue_seconds", "queue", ["model"], buckets=QUEUE_BUCKETS, registry=reg)
+        self.oldest = Gauge("bg_response_oldest_in_flight_seconds", "oldest", registry=reg)
+        self.tokens = Counter("bg_response_tokens", "tokens", ["type", "status", "model"], registry=reg)
         self.internal = Counter(
             "bgwatch_internal_errors", "internal", labels["bgwatch_internal_errors_total"], registry=reg
         )
@@ -229,9 +247,15 @@ class ContractExporter:
             self.incomplete.labels("max_output_tokens", model).inc()
             self.duration.labels("completed", model).observe(30.0 + 60 * (n % 7))
             self.duration.labels("failed", model).observe(5.0 + 10 * (n % 5))
+            self.queue.labels(model).observe(0.2 + 3 * (n % 4))
+            self.abandoned.labels(model).inc()
+            for status, k in (("completed", 40), ("failed", 7), ("cancelled", 2), ("incomplete", 3)):
+                self.tokens.labels("input", status, model).inc(k)
+                self.tokens.labels("output", status, model).inc(2 * k)
         for status, k in (("queued", 1), ("in_progress", 5), ("completed", 4), ("failed", 2), ("incomplete", 2)):
             self.polls.labels(status).inc(k)
         self.in_flight.set(3 + n % 4)
+        self.oldest.set(10.0 + n % 30)
         self.internal.labels("classify").inc()
 
     def _run(self) -> None:

@@ -176,6 +176,9 @@ def check_response_body(body: dict[str, Any]) -> Response:
     assert set(parsed.model_extra or {}) <= API_ONLY_KEYS
     assert re.fullmatch(r"resp_[0-9a-f]{48}", parsed.id)
     assert (parsed.completed_at is not None) == (parsed.status in TERMINAL)
+    # Whole seconds, as the live API sends them; usage on every terminal body (what was spent).
+    assert type(body["created_at"]) is int and type(body["completed_at"]) in (int, type(None))
+    assert (parsed.usage is not None) == (parsed.status in TERMINAL)
     return parsed
 
 
@@ -662,8 +665,10 @@ def test_ledger_matches_what_concurrent_clients_saw(make_sim) -> None:
         assert outcome.status == r.status
         assert outcome.code == (r.error.code if r.error else None)
         assert outcome.reason == (r.incomplete_details.reason if r.incomplete_details else None)
-        # The API sends whole seconds; LiteLLM's model rejects fractional ones.
-        assert int(outcome.finished_at) == r.completed_at
+        assert r.completed_at == int(outcome.finished_at)  # whole seconds, as the live API sends
+        assert r.created_at == int(outcome.created_at)
+        assert r.usage is not None
+        assert (r.usage.input_tokens, r.usage.output_tokens) == (outcome.input_tokens, outcome.output_tokens)
     assert sim.seen() == {rid: r.status for rid, r in seen.items()}
 
 

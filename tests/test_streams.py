@@ -49,6 +49,13 @@ from bgwatch.transports import Hook, raise_mode_supported
 
 from .conftest import LIBRARIES, client_class, httpx, httpx2, response_body, sample, total, transport_class
 
+
+@pytest.fixture(autouse=True)
+def _genai_latest_experimental(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the experimental GenAI names (test_instrumentation covers the default)."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+
+
 MODEL = "gpt-4.1-2025-04-14"
 needs_raise_mode = pytest.mark.skipif(not raise_mode_supported(), reason="raise mode needs openai >= 2.31")
 
@@ -144,6 +151,12 @@ class Recorder:
         self.seen.append((o.call, o.response_id, o.status, o.error_code, o.incomplete_reason, o.model))
 
     def adjust_in_flight(self, delta: int) -> None:
+        pass
+
+    def abandoned(self, models: object) -> None:
+        pass
+
+    def forked(self, in_flight_forgotten: int) -> None:
         pass
 
     def internal_error(self, stage: str) -> None:
@@ -484,14 +497,28 @@ def test_dispatch_spans_locate_exactly_where_the_parser_dispatches(parts: list[b
             assert start <= at < end
 
 
-def test_large_response_objects_are_read_from_a_bounded_prefix(library: str) -> None:
-    """A response object longer than the parser keeps (huge instructions) is still classified."""
-    body, _ = recorded_stream("failed", instructions="x" * (3 * _streams.MAX_EVENT_DATA), deltas=1)
+def test_regression_large_instructions_before_model_keep_the_model(library: str) -> None:
+    """200 KiB of instructions before ``model`` (past the old 64 KiB prefix): the model label is the SDK's."""
+    body, _ = recorded_stream("failed", instructions="x" * (200 * 1024), deltas=1)
     watcher, recorder = recording_watcher()
     got, _ = raw_chunks(library, Served(library, random_chunks(body, random.Random(1), 9000)), watcher)
     assert b"".join(got) == body
-    # Status and error come before the instructions; the model after them is lost, not guessed.
-    assert recorder.seen[-1] == ("create", "resp_recorded", "failed", "server_error", None, None)
+    assert recorder.seen[-1] == ("create", "resp_recorded", "failed", "server_error", None, MODEL)
+
+
+def test_an_event_past_the_memory_bound_stops_observing_and_is_counted(
+    library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event larger than MAX_EVENT_DATA is not guessed at: nothing from it on, one internal error."""
+    monkeypatch.setattr(_streams, "MAX_EVENT_DATA", 64 * 1024)
+    body, _ = recorded_stream("failed", instructions="x" * (100 * 1024), deltas=1)
+    registry = CollectorRegistry()
+    got, _ = raw_chunks(
+        library, Served(library, random_chunks(body, random.Random(1), 9000)), bgwatch.Watcher(registry=registry)
+    )
+    assert b"".join(got) == body
+    assert total(registry, "bg_response_finished_total") == 0
+    assert registry.get_sample_value("bgwatch_internal_errors_total", {"stage": "stream"}) == 1
 
 
 # -- the error event ---------------------------------------------------------------------------

@@ -54,16 +54,17 @@ def test_capacity_evicts_oldest_and_corrects_in_flight() -> None:
 
 def test_ttl_expires_entries() -> None:
     clock = FakeClock()
-    tracker = Tracker(ttl_seconds=60, clock=clock)
-    tracker.observe("old", "in_progress")
+    tracker = Tracker(ttl_seconds=60, in_flight_ttl=60, clock=clock)
+    tracker.observe("old", "in_progress", model="m1")
     tracker.observe("done", "completed")
     clock.now += 61
-    transition = tracker.observe("new", "queued")
+    transition = tracker.observe("new", "queued", model="m2")
     assert transition.in_flight_delta == 0  # +1 new, -1 expired "old"
+    assert transition.abandoned == ("m1",)
     assert tracker.status_of("old") is None and tracker.status_of("done") is None
     assert tracker.stats().expired_in_flight == 1
     clock.now += 61
-    assert tracker.expire() == -1
+    assert tracker.expire() == ("m2",)
     assert tracker.in_flight == 0 and len(tracker) == 0
 
 
@@ -119,11 +120,14 @@ def test_tracker_memory_per_response_and_no_growth_past_the_cap() -> None:
     tracker = Tracker(max_tracked=cap)
     readings = []
     for n in range(6 * cap):
-        tracker.observe(f"resp_{n:048x}", "in_progress")
+        tracker.observe(f"resp_{n:048x}", "in_progress", created_at=1_800_000_000.0 + n)
         if n % (2 * cap) == 2 * cap - 1:
             readings.append(tracemalloc.get_traced_memory()[0])
     tracemalloc.stop()
-    assert readings[0] / cap < 300, readings[0] / cap
+    # ~280 bytes before the lifecycle fields; created_at (a float), the queued mark and the id
+    # on the entry add ~50, and at the cap, where every new id evicts one in flight, up to a
+    # quarter of the cap in evicted entries waits in the oldest-in-flight heap (~400 measured).
+    assert readings[0] / cap < 420, readings[0] / cap
     assert readings[-1] <= readings[0] * 1.01, readings
 
 
@@ -150,3 +154,74 @@ def test_model_labels() -> None:
     assert models("ft:gpt-4o:org:name:abc") == "ft:gpt-4o:org:name:abc"
     assert models("a third model") == "other"
     assert models("third-model") == "other"
+
+
+def test_queue_wait_is_measured_once_from_the_start_to_the_first_sight_past_queued() -> None:
+    wall = FakeClock()
+    tracker = Tracker(wall_clock=wall)
+    assert tracker.observe("r", "queued", created_at=990.0, from_start=True).queue_seconds is None
+    wall.now = 1003.5
+    assert tracker.observe("r", "queued").queue_seconds is None
+    assert tracker.observe("r", "in_progress").queue_seconds == 13.5
+    wall.now = 1010.0
+    # A stale "queued" body processed late, then in_progress again: measured once only.
+    assert tracker.observe("r", "queued").queue_seconds is None
+    assert tracker.observe("r", "in_progress").queue_seconds is None
+    assert tracker.observe("r", "completed").queue_seconds is None
+
+
+def test_queue_wait_ends_at_a_terminal_state_when_in_progress_was_never_seen() -> None:
+    wall = FakeClock()
+    tracker = Tracker(wall_clock=wall)
+    tracker.observe("r", "queued", created_at=999.0)  # first seen queued on a poll: still from created_at
+    wall.now = 1002.0
+    done = tracker.observe("r", "cancelled")
+    assert done.finished and done.queue_seconds == 3.0
+
+
+def test_queue_wait_of_a_create_answered_running_is_measured_at_once_and_never_negative() -> None:
+    wall = FakeClock()
+    tracker = Tracker(wall_clock=wall)
+    assert tracker.observe("a", "in_progress", created_at=999.75, from_start=True).queue_seconds == 0.25
+    # created_at after the local clock (a skewed clock): clamped to 0, not negative
+    assert tracker.observe("b", "in_progress", created_at=1001.0, from_start=True).queue_seconds == 0.0
+    # first seen running on a poll: the wait before is unknown, nothing is measured
+    assert tracker.observe("c", "in_progress", created_at=900.0).queue_seconds is None
+    assert tracker.observe("c", "completed").queue_seconds is None
+    # first seen finished (a webhook): nothing either
+    assert tracker.observe("d", "failed", created_at=900.0, from_start=False).queue_seconds is None
+
+
+def test_oldest_in_flight_follows_finishes_evictions_and_expiry() -> None:
+    clock = FakeClock()
+    tracker = Tracker(max_tracked=4, ttl_seconds=60, in_flight_ttl=60, clock=clock)
+    assert tracker.oldest_in_flight_created_at() is None
+    tracker.observe("late", "queued", created_at=500.0)
+    tracker.observe("early", "queued", created_at=100.0)
+    tracker.observe("done", "completed", created_at=50.0)  # never in flight
+    tracker.observe("mid", "in_progress", created_at=300.0)
+    assert tracker.oldest_in_flight_created_at() == 100.0
+    tracker.observe("early", "failed")
+    assert tracker.oldest_in_flight_created_at() == 300.0
+    tracker.observe("x", "queued", created_at=400.0)  # the cap evicts ended ids first: "done"
+    tracker.observe("y", "queued", created_at=450.0)  # then "early"
+    assert tracker.status_of("late") == "queued"
+    tracker.observe("z", "queued", created_at=460.0)  # no ended id left: the oldest in flight goes
+    assert tracker.status_of("late") is None
+    assert tracker.oldest_in_flight_created_at() == 300.0
+    tracker.observe("mid", "completed")
+    assert tracker.oldest_in_flight_created_at() == 400.0
+    clock.now += 61
+    assert len(tracker.expire()) == 3  # x, y and z abandoned
+    assert tracker.oldest_in_flight_created_at() is None
+
+
+def test_oldest_in_flight_heap_stays_bounded_by_the_in_flight_count() -> None:
+    tracker = Tracker()
+    for n in range(50_000):
+        tracker.observe(f"r{n}", "queued", created_at=float(n))
+        if n >= 10:
+            tracker.observe(f"r{n - 10}", "completed")
+    assert tracker.in_flight == 10
+    assert tracker.oldest_in_flight_created_at() == 49_990.0
+    assert len(tracker._by_start) <= 10 + 10 // 4 + 256

@@ -122,6 +122,8 @@ def test_without_follow_up_a_webhook_counts_at_once_with_code_unknown(
         assert sample(registry, "bg_response_failed_total", code="unknown", model="unknown") == 1
     if status == "incomplete":
         assert sample(registry, "bg_response_incomplete_total", reason="unknown", model="unknown") == 1
+    # no body: no tokens (a follow-up retrieve brings them)
+    assert total(registry, "bg_response_tokens_total") == 0
     # no start time is known: no duration is made up, and a webhook is never a poll
     assert total(registry, "bg_response_duration_seconds_count") == 0
     assert total(registry, "bg_response_polls_total") == 0
@@ -286,6 +288,13 @@ def test_follow_up_retrieve_supplies_the_code_and_counts_once(
     assert outcomes_recorded(registry) == 1
     assert sample(registry, "bg_response_duration_seconds_count", status="failed", model=MODEL) == 1
     assert total(registry, "bg_response_polls_total") == 1
+    # the follow-up's body carries the usage: the tokens the failed response cost, as the ledger says
+    outcome = sim.ledger()[response_id]
+    for kind, tokens in (("input", outcome.input_tokens), ("output", outcome.output_tokens)):
+        assert sample(registry, "bg_response_tokens_total", type=kind, status="failed", model=MODEL) == tokens
+    assert outcome.input_tokens > 0
+    # first seen finished: no queue wait is made up
+    assert total(registry, "bg_response_queue_seconds_count") == 0
     receiver.close()
 
 
@@ -593,3 +602,35 @@ def test_the_simulator_sends_signed_webhooks_that_match_its_ledger(
         expected = sum(1 for o in ledger.values() if o.code == code)
         assert sample(registry, "bg_response_failed_total", code=str(code), model=MODEL) == expected, code
     assert sample(registry, "bg_response_in_flight") == 0
+
+
+def absurd_bodies(depth: int = 100_000) -> list[bytes]:
+    """Signed JSON nested far deeper than any event: alone, beside a real event's fields, under data."""
+    event = json.loads(delivery("response.failed", "resp_deep")[0])
+    deep_list = "[" * depth + "]" * depth
+    deep_object = '{"a":' * depth + "1" + "}" * depth
+    return [
+        deep_list.encode(),
+        json.dumps(event)[:-1].encode() + f', "extra": {deep_object}}}'.encode(),
+        json.dumps({**event, "data": "PLACEHOLDER"}).replace('"PLACEHOLDER"', deep_object).encode(),
+    ]
+
+
+@pytest.mark.parametrize("server", ["asgi", "wsgi"])
+def test_signed_but_absurdly_nested_payloads_are_malformed_never_a_500(
+    server: str, registry: CollectorRegistry, watcher: bgwatch.Watcher
+) -> None:
+    receiver = WebhookReceiver(secret=SECRET, watcher=watcher, max_body_bytes=4 * 1024 * 1024)
+    bodies = absurd_bodies()
+    serve = uvicorn_server(asgi_app(receiver)) if server == "asgi" else wsgiref_server(wsgi_app(receiver))
+    with serve as url:
+        for body in bodies:
+            _, headers = delivery("response.failed", "resp_deep", body=body)
+            assert post(url, body, headers) == (
+                400,
+                {"status": "rejected", "detail": "body nested too deeply", "reason": "malformed"},
+            )
+    assert rejected(registry, "malformed") == len(bodies)
+    assert rejected(registry, "error") == 0
+    assert total(registry, "bgwatch_internal_errors_total") == 0
+    assert outcomes_recorded(registry) == 0

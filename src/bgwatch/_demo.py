@@ -30,6 +30,7 @@ from typing import Any, Literal, TextIO
 import openai
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from . import _locks
 from ._wait import async_wait, wait
 from .errors import BackgroundResponseError
 from .exposition import start_metrics_server
@@ -58,6 +59,8 @@ class DemoOptions:
     mix: str = DEFAULT_MIX
     durations: tuple[float, float] = (0.5, 3.0)
     """Seconds a simulated response runs (low, high)."""
+    queue_seconds: tuple[float, float] | None = None
+    """Seconds a simulated response waits queued (low, high); None: a share of ``durations``."""
     poll_after_ms: int = 250
     """The simulator's ``openai-poll-after-ms`` hint, which the polling honours."""
     cancel_every: int = 25
@@ -90,6 +93,11 @@ class Counts:
     created: int = 0
     polls: int = 0
     in_flight: int = 0
+    tokens: dict[str, int] = field(default_factory=dict)
+    """``"input completed"`` etc.: tokens of finished responses by type and terminal status."""
+    queue_waits: int = 0
+    """Responses whose queue wait was measured (bgwatch) / shown past ``queued`` (ledger).
+    Their summed seconds are in :class:`QueueWait`: compared within a tolerance, not here."""
 
     def minus(self, before: Counts) -> Counts:
         """The counters' increase since ``before`` (``in_flight`` is a gauge: kept as is)."""
@@ -105,6 +113,8 @@ class Counts:
             created=self.created - before.created,
             polls=self.polls - before.polls,
             in_flight=self.in_flight,
+            tokens=sub(self.tokens, before.tokens),
+            queue_waits=self.queue_waits - before.queue_waits,
         )
 
     def rows(self) -> Iterator[tuple[str, int]]:
@@ -117,9 +127,12 @@ class Counts:
             yield f"failed {code}", n
         for reason, n in sorted(self.incomplete.items()):
             yield f"incomplete {reason}", n
+        for kind in sorted(self.tokens):
+            yield f"tokens {kind}", self.tokens[kind]
         yield "created", self.created
         yield "polls", self.polls
         yield "in flight", self.in_flight
+        yield "queue waits", self.queue_waits
 
 
 def read_counts(registry: CollectorRegistry) -> Counts:
@@ -127,7 +140,8 @@ def read_counts(registry: CollectorRegistry) -> Counts:
     finished: collections.Counter[str] = collections.Counter()
     failed: collections.Counter[str] = collections.Counter()
     incomplete: collections.Counter[str] = collections.Counter()
-    created = polls = in_flight = 0.0
+    tokens: collections.Counter[str] = collections.Counter()
+    created = polls = in_flight = queue_waits = 0.0
     for metric in registry.collect():
         if not metric.name.startswith("bg_response_"):
             continue
@@ -144,7 +158,31 @@ def read_counts(registry: CollectorRegistry) -> Counts:
                 polls += s.value
             elif s.name == "bg_response_in_flight":
                 in_flight += s.value
-    return Counts(dict(finished), dict(failed), dict(incomplete), int(created), int(polls), int(in_flight))
+            elif s.name == "bg_response_tokens_total":
+                tokens[f"{s.labels['type']} {s.labels['status']}"] += int(s.value)
+            elif s.name == "bg_response_queue_seconds_count":
+                queue_waits += s.value
+    return Counts(
+        dict(finished),
+        dict(failed),
+        dict(incomplete),
+        int(created),
+        int(polls),
+        int(in_flight),
+        dict(tokens),
+        int(queue_waits),
+    )
+
+
+def read_queue_seconds(registry: CollectorRegistry) -> float:
+    """The summed ``bg_response_queue_seconds`` in ``registry`` (over models)."""
+    return math.fsum(
+        s.value
+        for metric in registry.collect()
+        if metric.name == "bg_response_queue_seconds"
+        for s in metric.samples
+        if s.name == "bg_response_queue_seconds_sum"
+    )
 
 
 def _ledger_counts(sim: Any) -> Counts:
@@ -154,16 +192,68 @@ def _ledger_counts(sim: Any) -> Counts:
     finished: collections.Counter[str] = collections.Counter()
     failed: collections.Counter[str] = collections.Counter()
     incomplete: collections.Counter[str] = collections.Counter()
+    tokens: collections.Counter[str] = collections.Counter()
     for outcome in ledger.values():
         finished[outcome.status] += 1
         if outcome.status == "failed":
             failed[outcome.code or "unknown"] += 1
         elif outcome.status == "incomplete":
             incomplete[outcome.reason or "unknown"] += 1
+        tokens[f"input {outcome.status}"] += outcome.input_tokens
+        tokens[f"output {outcome.status}"] += outcome.output_tokens
     log = sim.request_log
     # A poll bgwatch can count is one whose body arrived whole: a truncated body never does.
     polls = log.count("GET", _POLL_PATH, status=200) - log.count("GET", _POLL_PATH, status=200, fault="truncate")
-    return Counts(dict(finished), dict(failed), dict(incomplete), len(outcomes), polls, len(outcomes) - len(ledger))
+    shown = [o.queue_seen_seconds for o in outcomes.values() if o.queue_seen_seconds is not None]
+    return Counts(
+        dict(finished),
+        dict(failed),
+        dict(incomplete),
+        len(outcomes),
+        polls,
+        len(outcomes) - len(ledger),
+        {kind: n for kind, n in tokens.items() if n},  # as bgwatch's increase: no zero rows
+        len(shown),
+    )
+
+
+QUEUE_TOLERANCE_PER_RESPONSE = 0.1
+"""Seconds per response that bgwatch's summed queue wait may differ from the ledger's.
+
+The ledger's wait ends when the simulator sent a body past ``queued``, bgwatch's when the
+client read it; bgwatch's starts when it read the create's answer (``created_at`` is whole
+seconds): two loopback round trips, a few milliseconds each. A wait measured from the whole
+second would be off by 0.5 s on average and fail this."""
+
+
+@dataclass
+class QueueWait:
+    """Summed queue waits: bgwatch's histogram beside the simulator's ledger."""
+
+    bgwatch_seconds: float
+    ledger_seconds: float | None = None
+    """Up to when a client was first sent each response past ``queued`` (what polling sees)."""
+    really_queued_seconds: float | None = None
+    """How long they really stayed queued (polling sees the end up to a poll late)."""
+    tolerance_seconds: float | None = None
+
+    @property
+    def matches(self) -> bool:
+        """Whether bgwatch's sum is within the tolerance of the ledger's (True without one)."""
+        if self.ledger_seconds is None or self.tolerance_seconds is None:
+            return True
+        return abs(self.bgwatch_seconds - self.ledger_seconds) <= self.tolerance_seconds
+
+
+def _ledger_queue_wait(sim: Any, bgwatch_seconds: float) -> QueueWait:
+    outcomes = sim.outcomes().values()
+    shown = [o.queue_seen_seconds for o in outcomes if o.queue_seen_seconds is not None]
+    return QueueWait(
+        bgwatch_seconds,
+        math.fsum(shown),
+        math.fsum(o.queue_seconds for o in outcomes if o.queue_seconds is not None),
+        QUEUE_TOLERANCE_PER_RESPONSE * len(shown),
+    )
 
 
 def _faults_injected(sim: Any) -> int:
@@ -191,7 +281,7 @@ class Tally:
     """What the workload's own code saw: returned statuses, typed exceptions, errors."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = _locks.Lock()
         self.returned: collections.Counter[str] = collections.Counter()
         self.raised: collections.Counter[str] = collections.Counter()
         self.raised_by_class: collections.Counter[str] = collections.Counter()
@@ -404,6 +494,8 @@ class DemoSummary:
     exception_examples: list[ExceptionExample]
     faults_injected: int = 0
     """HTTP faults the simulator injected (each retried by the SDK or by the wait)."""
+    queue_wait: QueueWait | None = None
+    """Summed queue waits, bgwatch's and the ledger's, compared within a tolerance."""
 
     def to_json(self) -> str:
         """One line of JSON."""
@@ -417,14 +509,20 @@ class DemoSummary:
         return 0 if self.match else 1
 
 
-def _compare(bgwatch: Counts, ledger: Counts) -> list[str]:
+def _compare(bgwatch: Counts, ledger: Counts, queue: QueueWait) -> list[str]:
     ours = dict(bgwatch.rows())
     theirs = dict(ledger.rows())
-    return [
+    mismatches = [
         f"{name}: bgwatch {ours.get(name, 0)}, ledger {theirs.get(name, 0)}"
         for name in sorted(set(ours) | set(theirs))
         if ours.get(name, 0) != theirs.get(name, 0)
     ]
+    if not queue.matches:
+        mismatches.append(
+            f"queue wait: bgwatch {queue.bgwatch_seconds:.3f} s, ledger {queue.ledger_seconds:.3f} s"
+            f" (tolerance {queue.tolerance_seconds:.3f} s)"
+        )
+    return mismatches
 
 
 def render_table(summary: DemoSummary) -> str:
@@ -437,9 +535,9 @@ def render_table(summary: DemoSummary) -> str:
         other = {name: n for name, n in seen.rows() if name.startswith("finished")}
     ours = dict(summary.bgwatch.rows())
     names = list(ours) + [n for n in other if n not in ours]
-    order = {"finished": 0, "failed": 1, "incomplete": 2}
+    order = {"finished": 0, "failed": 1, "incomplete": 2, "tokens": 3}
     position = {name: i for i, name in enumerate(names)}
-    names.sort(key=lambda n: (order.get(n.split(" ", 1)[0], 3), position[n]))
+    names.sort(key=lambda n: (order.get(n.split(" ", 1)[0], 4), position[n]))
     label_width = max(28, *(len(n) for n in names)) + 2
     lines = [f"{'':<{label_width}}{'bgwatch':>9}{other_name:>12}"]
     section = ""
@@ -447,7 +545,9 @@ def render_table(summary: DemoSummary) -> str:
         head, _, rest = name.partition(" ")
         if head in order and rest:
             if head != section:
-                metric = {"finished": "status", "failed": "code", "incomplete": "reason"}[head]
+                metric = {"finished": "status", "failed": "code", "incomplete": "reason", "tokens": "type, status"}[
+                    head
+                ]
                 lines.append(f"{head} ({metric})")
                 section = head
             label = "  " + rest
@@ -459,6 +559,7 @@ def render_table(summary: DemoSummary) -> str:
         a, b = ours.get(name, 0), other.get(name)
         mark = "" if b is None or a == b else "   <-- differs"
         lines.append(f"{label:<{label_width}}{a:>9}{'' if b is None else b:>12}{mark}")
+    lines += _queue_lines(summary, label_width)
     if summary.exceptions:
         total = sum(summary.exceptions.values())
         lines += ["", f"typed exceptions caught (raise_on={','.join(summary.raise_on)}): {total}"]
@@ -480,12 +581,25 @@ def render_table(summary: DemoSummary) -> str:
         lines.append("no ledger to compare with (external API): the counts above are what bgwatch saw")
     elif summary.match:
         lines.append(
-            f"MATCH: bgwatch counted each of the {summary.bgwatch.created} responses once,"
-            " exactly as the simulator's ledger says"
+            f"MATCH: bgwatch counted each of the {summary.bgwatch.created} responses once, and their"
+            " tokens, exactly as the simulator's ledger says; queue waits within the tolerance"
         )
     else:
         lines.append("MISMATCH: " + "; ".join(summary.mismatches))
     return "\n".join(lines)
+
+
+def _queue_lines(summary: DemoSummary, label_width: int) -> list[str]:
+    queue = summary.queue_wait
+    if queue is None:
+        return []
+    line = f"{'queue wait, summed (s)':<{label_width}}{queue.bgwatch_seconds:>9.2f}"
+    if queue.ledger_seconds is None:
+        return ["", line]
+    line += f"{queue.ledger_seconds:>12.2f}   (to the first body past queued, ± {queue.tolerance_seconds:.2f})"
+    mark = "" if queue.matches else "   <-- differs"
+    really = f"{'  really queued (s)':<{label_width}}{'':>9}{queue.really_queued_seconds:>12.2f}"
+    return ["", line + mark, really + "   (polling sees the end up to a poll late)"]
 
 
 @contextlib.contextmanager
@@ -525,6 +639,7 @@ def _api(options: DemoOptions, seed: int) -> Iterator[tuple[str, Any]]:
         seed=seed,
         mix=Mix.parse(options.mix),
         durations=options.durations,
+        queue_seconds=options.queue_seconds,
         poll_after_ms=options.poll_after_ms,
         faults=faults,
     ) as sim:
@@ -588,6 +703,7 @@ def run_demo(options: DemoOptions, *, out: TextIO | None = None, err: TextIO | N
         }
         tally = Tally()
         before = read_counts(registry)
+        queued_before = read_queue_seconds(registry)
         started = time.monotonic()
         with _Progress(registry, before, options.responses, err, options.progress):
             if options.asynchronous:
@@ -597,7 +713,9 @@ def run_demo(options: DemoOptions, *, out: TextIO | None = None, err: TextIO | N
         wall = time.monotonic() - started
         counted = read_counts(registry).minus(before)
         ledger = _ledger_counts(sim) if sim is not None else None
-        mismatches = _compare(counted, ledger) if ledger is not None else []
+        queued = read_queue_seconds(registry) - queued_before
+        queue = _ledger_queue_wait(sim, queued) if sim is not None else QueueWait(queued)
+        mismatches = _compare(counted, ledger, queue) if ledger is not None else []
         summary = DemoSummary(
             match=None if external else not mismatches,
             responses=options.responses,
@@ -611,6 +729,7 @@ def run_demo(options: DemoOptions, *, out: TextIO | None = None, err: TextIO | N
             bgwatch=counted,
             ledger=ledger,
             mismatches=mismatches,
+            queue_wait=queue,
             returned=dict(tally.returned),
             raised=dict(tally.raised),
             errors=dict(tally.errors),

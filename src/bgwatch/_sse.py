@@ -15,9 +15,15 @@ inside somebody else's HTTP client:
   longer than ``max_line_bytes`` are ignored, and comments, unknown fields and
   ``retry:`` are discarded as they stream by, never buffered.
 * :meth:`SSEParser.close` dispatches a final event that was not followed by a
-  blank line (the spec discards it). A stream cut short is exactly the case
-  bgwatch needs to see: the last event may be the one reporting a failure.
+  blank line (the spec discards it), unless ``sdk_compatible``.
 * Nothing raises on malformed input; invalid UTF-8 decodes with U+FFFD.
+
+``sdk_compatible=True`` makes the parser dispatch exactly the events the openai SDK's own
+decoder (``openai._streaming.SSEDecoder``) dispatches, which departs from the spec in three
+ways: a byte order mark is not stripped (the first line then names an unknown field), an
+event is dispatched at a blank line when it has data, an event type, a valid ``retry:`` or a
+non-empty last event ID (an event with no data line then carries ``""``, which the SDK fails
+to parse as JSON), and a last event with no blank line after it is never dispatched.
 
 Line splitting works on bytes: CR, LF and ``:`` are ASCII, and UTF-8
 decoding with ``errors="replace"`` never swallows an ASCII byte, so splitting
@@ -26,7 +32,6 @@ before decoding gives the same result as the spec's decode-then-split.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
 
@@ -116,12 +121,14 @@ class SSEParser:
         "_max_data",
         "_max_line",
         "_mode",
-        "_retry",
+        "_retry_set",
         "_sdk",
         "_truncated",
     )
 
-    def __init__(self, *, max_data_bytes: int = 65536, max_line_bytes: int = 4096, sdk: bool = False) -> None:
+    def __init__(
+        self, *, max_data_bytes: int = 65536, max_line_bytes: int = 4096, sdk_compatible: bool = False
+    ) -> None:
         """Create a parser for one stream.
 
         Args:
@@ -131,11 +138,8 @@ class SSEParser:
                 name included; longer ones are ignored. Data lines are bounded
                 by ``max_data_bytes`` instead, and comments and unknown fields
                 are never buffered, so they have no line limit.
-            sdk: Dispatch as the openai SDK's ``SSEDecoder`` does rather than as the spec
-                says: a blank line also dispatches an event without data (data ``""``) when
-                an ``event:``, an integer ``retry:`` or a non-empty last event ID is pending,
-                and a leading byte order mark is kept (the SDK reads it as part of the
-                first field name).
+            sdk_compatible: dispatch what the openai SDK's decoder dispatches (see the module
+                docstring) instead of what the spec says.
 
         Raises:
             ValueError: If a limit is negative.
@@ -144,10 +148,10 @@ class SSEParser:
             raise ValueError("max_data_bytes and max_line_bytes must be >= 0")
         self._max_data = max_data_bytes
         self._max_line = max_line_bytes
-        self._sdk = sdk
-        self._retry = False  # an integer retry: line is pending (sdk mode: it makes a dispatch)
+        self._sdk = sdk_compatible
+        self._retry_set = False  # a valid retry: line since the last dispatch (SDK mode only)
         # Stream position state.
-        self._at_start = not sdk  # the first bytes may be a BOM, possibly split across chunks
+        self._at_start = not sdk_compatible  # the first bytes may be a BOM, possibly split across chunks
         self._head = b""  # first bytes of the stream while they are still a BOM prefix
         self._cr_pending = False  # last chunk ended in CR: a leading LF finishes that CRLF
         self._closed = False
@@ -221,7 +225,7 @@ class SSEParser:
         # "\xef\xbb") is dropped: as a line it would be an unknown field.
         self._head = b""
         self._end_line(events)
-        if self._has_data:
+        if self._has_data and not self._sdk:
             events.append(self._dispatch())
         self._closed = True
         # Release the buffers: a closed parser holds nothing.
@@ -280,7 +284,10 @@ class SSEParser:
                 if not line:
                     # Blank line: dispatch. This is _dispatch() inlined for the
                     # common, untruncated case.
-                    if self._has_data or (self._sdk and (self._event or self._id or self._retry)):
+                    if not self._has_data and self._sdk and (self._event or self._id or self._retry_set):
+                        events.append(self._dispatch())  # the SDK's dataless event: data ""
+                        continue
+                    if self._has_data:
                         if self._truncated:
                             events.append(self._dispatch())
                             continue
@@ -295,7 +302,7 @@ class SSEParser:
                         )
                         self._data = b""
                         self._has_data = False
-                        self._retry = False
+                        self._retry_set = False
                     self._event = b""
                 elif line.startswith(b"data:"):
                     value = line[6:] if line[5:6] == b" " else line[5:]
@@ -336,11 +343,13 @@ class SSEParser:
             # The spec ignores an id containing NUL; an over-long one is junk.
             self._set_id(value)
         elif name == b"retry" and self._sdk:
-            # The SDK keeps a retry that int() accepts, and then dispatches on a blank line.
-            with contextlib.suppress(ValueError):
-                int(value.decode("utf-8", "replace"))
-                self._retry = True
-        # Anything else (retry outside sdk mode) is ignored.
+            # The SDK keeps a retry that int() accepts, and a kept one makes the next blank line dispatch.
+            try:
+                int(value.decode("utf-8"))
+            except ValueError:
+                return
+            self._retry_set = True
+        # Anything else is ignored.
 
     def _feed_partial(self, piece: bytes) -> None:
         """Add ``piece`` to the line in progress, which it does not end."""
@@ -473,7 +482,7 @@ class SSEParser:
         self._data = b""
         self._has_data = False
         self._truncated = False
-        self._retry = False
+        self._retry_set = False
         self._event = b""
         return event
 

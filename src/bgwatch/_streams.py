@@ -5,29 +5,33 @@ answer with ``text/event-stream``. The transports (:mod:`bgwatch.transports`) sw
 response's byte stream for a thin wrapper from :func:`observe_stream`: every chunk the inner
 transport produces is handed to the client as is, the moment it arrives (one chunk out per
 chunk in: no read-ahead, no added latency), and the same bytes object is fed to an
-incremental :class:`~bgwatch._sse.SSEParser` on the way, in its ``sdk`` mode (the SDK's
-``SSEDecoder`` dispatch rules). The parser keeps bounded memory per stream: one event's data, at
-most :data:`MAX_EVENT_DATA` bytes of it (the SDK holds every whole event anyway; a longer one is
-read in jiter's partial mode).
+incremental :class:`~bgwatch._sse.SSEParser` on the way, in ``sdk_compatible`` mode.
 
-Exact by construction
-    What counts is what the SDK yields: events are read by their data's ``type`` (``json``
-    keeps the last of duplicate keys; escapes decoded), never by the ``event:`` line; an event
-    without a terminating blank line is never yielded, so never counted; nothing after
-    ``data: [DONE]``, after data that is not JSON, or after a mapping with a truthy top-level
-    ``error`` (the SDK raises ``APIError``) counts. A delta event is tested cheaply: data with
-    neither ``"response"``, ``"error"`` nor a ``\\u`` escape cannot be a lifecycle or error
-    event, and is only checked to be JSON (jiter, ~1.4 µs). An already loaded body (``content=``)
-    is streamed to the SDK from a fresh unread response, so it is observed the same way.
+Exactly what the SDK yields
+    The SDK is the oracle (issue 11). The parser dispatches exactly the events the SDK's own
+    decoder dispatches (a byte order mark is not stripped, an event with only ``event:``,
+    ``id:`` or ``retry:`` is dispatched with empty data, an unterminated last event never is),
+    and every event's data is read as the SDK reads it: ``json.loads``, the type from
+    ``data.type`` whatever the ``event:`` line says (or whether there is one). Where the SDK
+    stops (data starting with ``[DONE]``, data that is not JSON, data whose ``error`` member is
+    truthy, for which it raises ``APIError``, a line that is not UTF-8), the observer stops
+    too: nothing after it counts. ``tests/test_differential_streams.py`` holds the proof.
+
+Memory
+    One event's data at a time, as the SDK itself holds it, up to :data:`MAX_EVENT_DATA`;
+    an event past that bound stops the observation of its stream (counted as an internal
+    error at stage ``stream``) rather than being guessed at. Nothing else of the stream is kept.
 
 What counts
-    Lifecycle events (``response.created``, ``.queued``, ``.in_progress``, ``.completed``,
-    ``.failed``, ``.incomplete``, and a future ``.cancelled``) carry the whole ``response``
-    object; each becomes an :class:`~bgwatch.Observation` fed to the same watcher as polls, so
-    the tracker counts a response's terminal state once per id whether it was streamed,
-    resumed, replayed, polled or all of these. Call kind ``"create"`` for the stream answering
-    ``POST /responses`` (``bg_response_created_total`` counts it), ``"stream"`` for a resumed or
-    replayed ``GET /responses/{id}?stream=true`` (neither created nor poll counted).
+    Lifecycle events (the types whose ``response`` the installed SDK builds as a ``Response``:
+    ``response.created``, ``.queued``, ``.in_progress``, ``.completed``, ``.failed``,
+    ``.incomplete``) each become an :class:`~bgwatch.Observation` fed to the same watcher as
+    polls, so the tracker counts a response's terminal state once per id whether it was
+    streamed, resumed, replayed, polled or all of these. Call kind ``"create"`` for the stream
+    answering ``POST /responses`` (``bg_response_created_total`` counts it), ``"stream"`` for a
+    resumed or replayed ``GET /responses/{id}?stream=true`` (neither created nor poll counted).
+    A body the inner transport already loaded is observed too: the client gets a fresh
+    response over the same raw bytes and reads the events through the wrapper.
 
 The ``error`` event
     It carries no response object and no status, only ``code``/``message``. It is attributed
@@ -74,15 +78,18 @@ Lifetime
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
+import json
 import re
+import typing
 import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
-from ._classify import CallKind, Observation, _complete_keys, _parse_json, observation_from_mapping
+from ._classify import CallKind, Observation, observation_from_mapping
 from ._sse import SSEEvent, SSEParser
 from .errors import BackgroundResponseError
 from .tracing import CallSpan
@@ -93,25 +100,34 @@ if TYPE_CHECKING:
 __all__ = ["MAX_EVENT_DATA", "StreamObserver", "observe_stream"]
 
 MAX_EVENT_DATA: Final = 16 * 1024 * 1024
-"""Bytes of one event's data kept for parsing (the SDK holds every whole event in memory).
+"""Most bytes of one event's data bgwatch holds (the SDK holds each whole event too). An event
+past it cannot be read as the SDK reads it: the stream is no longer observed from there on,
+counted as an internal error at stage ``stream``."""
 
-Every event the real API sends is far smaller, so each is parsed whole and exactly as the SDK
-parses it; only a longer one is read in jiter's partial mode. The parser of one stream holds at
-most about ``4 * MAX_EVENT_DATA`` bytes (one event's data, one ``event:``/``id:``/``retry:``
-line, the event name and the last event ID), and only while such an event streams by."""
 
-LIFECYCLE_EVENTS: Final = frozenset(
-    (
-        "response.created",
-        "response.queued",
-        "response.in_progress",
-        "response.completed",
-        "response.failed",
-        "response.incomplete",
-        "response.cancelled",  # not sent today; its response.status would say what happened
-    )
-)
-_WANTED_EVENTS: Final = LIFECYCLE_EVENTS | {"error"}
+def _lifecycle_events() -> frozenset[str]:
+    """The stream event types whose ``response`` the installed SDK builds as a ``Response``.
+
+    Read from the SDK's own ``ResponseStreamEvent`` union (never a copied list): an event type
+    the SDK does not know (a future ``response.cancelled``) is yielded without a ``Response``,
+    so it is not a lifecycle event for bgwatch either.
+    """
+    from openai.types.responses import Response, ResponseStreamEvent
+
+    found: set[str] = set()
+    pending: list[Any] = [ResponseStreamEvent]
+    while pending:
+        member = pending.pop()
+        fields = getattr(member, "model_fields", None)
+        if fields is None:
+            pending.extend(typing.get_args(member))
+            continue
+        if "response" in fields and fields["response"].annotation is Response and "type" in fields:
+            found.update(value for value in typing.get_args(fields["type"].annotation) if isinstance(value, str))
+    return frozenset(found)
+
+
+LIFECYCLE_EVENTS: Final = _lifecycle_events()
 
 # Locating where the parser dispatched an event inside a chunk (raise mode, once per stream):
 # an event is dispatched at a blank line, a line ending right after another line ending.
@@ -139,6 +155,7 @@ class StreamObserver:
         "_error_code",
         "_error_for",
         "_error_message",
+        "_halt",
         "_hook",
         "_last",
         "_parser",
@@ -146,6 +163,7 @@ class StreamObserver:
         "_request_id",
         "_response_id",
         "_span",
+        "_utf8",
     )
 
     def __init__(self, hook: Hook, call: CallKind, span: CallSpan, headers: Mapping[str, str]) -> None:
@@ -161,8 +179,11 @@ class StreamObserver:
         self._error_for: str | None = None
         self._decoder: _Decoder | None = _Decoder.for_encoding(headers.get("content-encoding"))
         self._parser: SSEParser | None = SSEParser(
-            max_data_bytes=MAX_EVENT_DATA, max_line_bytes=MAX_EVENT_DATA, sdk=True
+            max_data_bytes=MAX_EVENT_DATA, max_line_bytes=MAX_EVENT_DATA, sdk_compatible=True
         )
+        # The SDK decodes every line as strict UTF-8 and stops at the first that is not.
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
+        self._halt = False  # the SDK stops here: observe nothing after the current event
 
     @property
     def observing(self) -> bool:
@@ -182,16 +203,21 @@ class StreamObserver:
             decoder = self._decoder
             before = decoder.copy() if decoder is not None and self._raise else None
             data = decoder.decode(chunk) if decoder is not None else chunk
+            invalid_line = self._invalid_utf8_line(data)
+            if invalid_line is not None:
+                data = data[:invalid_line]  # the SDK stops at the line that is not UTF-8
             # The whole chunk goes to the parser at once, raise mode included: finding where
             # a raising event sits in the chunk is done only when one is found.
             events = parser.feed(data)
             for index, event in enumerate(events):
                 error = self._on_event(event)
-                if self._parser is None and error is None:
-                    return len(chunk), None  # the SDK stops at this event: nothing after counts
                 if error is not None:
                     self._parser = self._decoder = None  # the stream ends here for the caller
                     return self._cut(chunk, data, before, index, len(events)), error
+                if self._halt:
+                    break
+            if self._halt or invalid_line is not None:
+                self._parser = self._decoder = None
             if data:
                 self._last = data[-1]
             return len(chunk), None
@@ -208,14 +234,13 @@ class StreamObserver:
             events: list[SSEEvent] = []
             if self._decoder is not None:
                 events += parser.feed(self._decoder.flush())
-            # parser.close() would dispatch an unterminated last event, which the SDK never
-            # yields: it is not observed.
+            events += parser.close()
             for event in events:
                 error = self._on_event(event)
                 if error is not None and self._raise:
                     return error
-                if self._parser is None:
-                    break  # the SDK stops at this event
+                if self._halt:
+                    break
         except Exception as exc:
             self._stop(exc)
         finally:
@@ -250,45 +275,59 @@ class StreamObserver:
             return start
         return _encoded_cut(before, chunk, start, spans[index][0])
 
+    def _invalid_utf8_line(self, data: bytes) -> int | None:
+        """Where the first line that is not UTF-8 starts in ``data``; None when there is none.
+
+        The SDK decodes each line strictly and raises at the first invalid one, yielding no
+        event after it: the lines before it are observed, then nothing.
+        """
+        pending = len(self._utf8.getstate()[0])
+        if not pending and data.isascii():
+            return None
+        try:
+            self._utf8.decode(data)
+        except UnicodeDecodeError as exc:
+            bad = max(0, exc.start - pending)
+            return max(data.rfind(b"\n", 0, bad), data.rfind(b"\r", 0, bad)) + 1
+        return None
+
     def _on_event(self, event: SSEEvent) -> BackgroundResponseError | None:
         """Record what one event says, as the SDK reads it; the exception ``raise_on`` calls for.
 
-        The SDK decides by the data alone (``data.type``), never by the ``event:`` line; it
-        stops at ``[DONE]`` and raises (ending the stream for its caller) at data that is not
-        JSON and at a mapping with a truthy top-level ``error``: nothing after those counts.
+        Every event is parsed as the SDK parses it (``json.loads`` of its data, the type from
+        ``data.type``), because the SDK stops at the first event it cannot parse, at
+        ``[DONE]`` and at an event whose data carries an ``error``: nothing after those counts.
         """
         data = event.data
-        if data.startswith("[DONE]"):
-            self._parser = self._decoder = None
+        if event.truncated:
+            self._halt = True
+            self._hook.watcher.internal_error("stream", ValueError("event larger than MAX_EVENT_DATA"))
             return None
-        if not event.truncated and '"response"' not in data and '"error"' not in data and "\\u" not in data:
-            # Cheap and exact: neither key can be in the JSON (even as a duplicate key), so
-            # the event is no lifecycle or error event. Only its validity is left to check.
-            if not _is_json(data):
-                self._parser = self._decoder = None
+        if data.startswith("[DONE]"):
+            self._halt = True
             return None
         try:
-            payload = _parse_json(data.encode(), partial=event.truncated)
-        except ValueError:
-            self._parser = self._decoder = None  # the SDK raises: its stream ends here
+            payload = json.loads(data)
+        except Exception:  # the SDK raises here (JSONDecodeError, RecursionError)
+            self._halt = True
             return None
+        name = event.event
+        if name is not None and name.startswith("thread."):
+            return None  # the SDK's Assistants branch: yielded as is, never a response
         if not isinstance(payload, dict):
             return None
-        if payload.get("error") and not (event.event and event.event.startswith("thread.")):
-            self._parser = self._decoder = None  # the SDK raises APIError here
+        if payload.get("error"):
+            self._halt = True  # the SDK raises APIError for it and yields nothing more
             return None
         kind = payload.get("type")
         if kind == "error":
             self._remember_error(payload)
             return None
-        if kind not in LIFECYCLE_EVENTS:
+        if not isinstance(kind, str) or kind not in LIFECYCLE_EVENTS:
             return None
         response = payload.get("response")
         if not isinstance(response, dict):
             return None
-        if event.truncated and next(reversed(payload)) == "response":
-            # The cut fell inside the response object: its last key may be cut short.
-            response = _complete_keys(response, complete=False)
         observation = observation_from_mapping(self._call, response, self._request_id)
         if observation is None:
             return None
@@ -300,8 +339,8 @@ class StreamObserver:
         return self._hook.exception_for(observation, response)
 
     def _remember_error(self, payload: Mapping[str, Any]) -> None:
-        # Two shapes are seen in the wild: {"type": "error", "code": ..., "message": ...} and
-        # {"type": "error", "error": {"code": ..., "message": ...}}.
+        # The Responses API's shape is {"type": "error", "code": ..., "message": ...}; with a
+        # truthy "error" member instead the SDK raises APIError and _on_event stops before here.
         source: Any = payload.get("error")
         if not isinstance(source, Mapping):
             source = payload
@@ -327,15 +366,6 @@ class StreamObserver:
         """Stop observing this stream after an error of ours; the bytes keep flowing."""
         self._parser = self._decoder = None
         self._hook.watcher.internal_error("stream", exc)
-
-
-def _is_json(data: str) -> bool:
-    """Whether ``json.loads`` (the SDK's ``sse.json()``) accepts ``data``."""
-    try:
-        _parse_json(data.encode(), partial=False)
-    except ValueError:
-        return False
-    return True
 
 
 def _dispatch_spans(data: bytes, count: int, previous: int) -> list[tuple[int, int]] | None:
@@ -573,20 +603,46 @@ def _stream_class(module: Any, asynchronous: bool) -> type[Any]:
 
 
 def observe_stream(
-    hook: Hook, call: CallKind, span: CallSpan, response: Any, module: Any, *, asynchronous: bool
-) -> bool:
-    """Wrap ``response.stream`` (an event stream) so that its events are observed as they pass.
+    hook: Hook, call: CallKind, span: CallSpan, response: Any, module: Any, *, request: Any, asynchronous: bool
+) -> Any | None:
+    """Wrap ``response``'s byte stream (an event stream) so that its events are observed as they pass.
 
     ``call`` is what :meth:`Hook.select` said: ``"create"`` stays, anything else (a retrieve
-    with ``stream=true``) becomes ``"stream"``. On success the wrapper owns ``span`` and ends it
-    when the stream ends. Never raises: returns False (after counting an internal error) when
-    the stream could not be wrapped, and the response is left untouched.
+    with ``stream=true``) becomes ``"stream"``. Returns the response to hand to the client,
+    whose wrapper owns ``span`` and ends it when the stream ends: ``response`` itself, or, when
+    the inner transport already loaded the body (``MockTransport`` handlers, recording and
+    caching transports), a fresh response over the same raw bytes, so that the SDK reads the
+    events through the wrapper as it would read them from memory. Never raises: returns None
+    (after counting an internal error) when the stream cannot be observed, and the response
+    is left untouched.
     """
     try:
         kind: CallKind = "create" if call == "create" else "stream"
+        if hasattr(response, "_content"):
+            response = _unloaded(response, module, request)
         observer = StreamObserver(hook, kind, span, response.headers)
         response.stream = _stream_class(module, asynchronous)(response.stream, observer)
     except Exception as exc:
         hook.watcher.internal_error("stream", exc)
-        return False
-    return True
+        return None
+    return response
+
+
+def _unloaded(response: Any, module: Any, request: Any) -> Any:
+    """A response not yet read, over the raw bytes of ``response``, whose body is already loaded.
+
+    A body given as ``content=`` is kept raw (still encoded) in a ``ByteStream``, which can be
+    iterated again; the fresh response decodes it exactly as the loaded one did.
+    """
+    stream = response.stream
+    if not isinstance(stream, module.ByteStream):
+        raise TypeError(f"a loaded event stream over {type(stream).__name__} cannot be replayed")
+    raw = b"".join(stream)
+    fresh = module.Response(
+        status_code=response.status_code,
+        stream=module.ByteStream(raw),
+        extensions=response.extensions,
+        request=request,
+    )
+    fresh.headers = response.headers
+    return fresh

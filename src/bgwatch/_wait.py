@@ -37,6 +37,7 @@ from openai.types.responses import Response
 
 from ._classify import TERMINAL_STATUSES, classify_body
 from ._hook import Hook
+from ._safe_log import describe, loggable_id
 from ._watcher import Watcher, default_watcher
 from .errors import BgwatchError, ConfigurationError, raise_for_status, validate_raise_on
 
@@ -246,6 +247,14 @@ class _Recorder:
             self.watcher.record(observation)
 
 
+def _log_cancel_failed(response_id: str, recorder: _Recorder, exc: BaseException) -> None:
+    log.debug(
+        "bgwatch: cancelling %s after a wait timed out failed (stage cancel): %s",
+        loggable_id(response_id),
+        describe(exc, capture=recorder.watcher.capture_error_messages),
+    )
+
+
 def _poll_after_seconds(headers: Any) -> float | None:
     try:
         value = headers.get("openai-poll-after-ms")
@@ -341,8 +350,8 @@ def _cancel_sync(client: Any, response_id: str, recorder: _Recorder, timeout: fl
         recorder.record("cancel", raw)
         status = raw.parse().status
         return status if isinstance(status, str) else None
-    except Exception:
-        log.debug("bgwatch: cancelling %s after a wait failed", response_id, exc_info=True)
+    except Exception as exc:
+        _log_cancel_failed(response_id, recorder, exc)
         return None
 
 
@@ -510,8 +519,8 @@ async def _cancel_async(client: Any, response_id: str, recorder: _Recorder, time
         recorder.record("cancel", raw)
         status = raw.parse().status
         return status if isinstance(status, str) else None
-    except Exception:
-        log.debug("bgwatch: cancelling %s after a wait failed", response_id, exc_info=True)
+    except Exception as exc:
+        _log_cancel_failed(response_id, recorder, exc)
         return None
 
 

@@ -8,17 +8,25 @@ counted in ``bgwatch_internal_errors_total{stage}`` and logged once per stage at
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import typing
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from . import _locks
 from ._classify import Observation
-from ._tracker import DEFAULT_MAX_TRACKED, DEFAULT_TTL_SECONDS, LabelValues, Tracker, Transition
+from ._safe_log import describe
+from ._tracker import (
+    DEFAULT_IN_FLIGHT_TTL,
+    DEFAULT_MAX_TRACKED,
+    DEFAULT_TTL_SECONDS,
+    LabelValues,
+    Tracker,
+    Transition,
+)
 from .errors import ConfigurationError
 from .metrics import INTERNAL_ERROR_STAGES, OTelMetricsSink, PrometheusSink, ResponseLabels
 
@@ -75,6 +83,21 @@ class Sink(Protocol):
     def adjust_in_flight(self, delta: int) -> None:
         """An in-flight change from a TTL sweep, outside any observation."""
 
+    def abandoned(self, models: Sequence[str]) -> None:
+        """(Optional.) Responses that left tracking without a terminal state seen (TTL expiry or the size
+        cap), one bounded model label each: count them in ``bg_response_abandoned_total``.
+
+        Their in-flight change arrives separately (``transition.in_flight_delta`` or
+        :meth:`adjust_in_flight`).
+        """
+
+    def forked(self, in_flight_forgotten: int) -> None:
+        """(Optional; without it the sink gets ``adjust_in_flight(-in_flight_forgotten)``.)
+        In a forked child, after the watcher forgot its tracked ids (``in_flight_forgotten``
+        of them were in flight): start the child's counts afresh. A sink shared by several
+        watchers is told once per watcher.
+        """
+
     def internal_error(self, stage: str) -> None:
         """An error caught inside bgwatch."""
 
@@ -90,8 +113,15 @@ class Watcher:
             together with ``prometheus=False`` disables prometheus_client output.
         prometheus: write to prometheus_client instruments.
         sinks: further sinks (for example the OpenTelemetry mirror).
-        max_tracked: how many response ids to remember at most (oldest evicted first).
-        ttl_seconds: how long to remember an id after it was first seen.
+        max_tracked: how many response ids to remember at most (oldest ended ids evicted
+            first, then the oldest in flight, which count as abandoned).
+        ttl_seconds: how long to remember an ended id after it was last seen (so that later
+            polls and webhooks of it are not counted again); default 24 h.
+        in_flight_ttl: how long an in-flight id may go unobserved before it counts as
+            abandoned (``bg_response_abandoned_total``) and leaves ``bg_response_in_flight``;
+            default 1 h. Raise it when responses legitimately go unpolled longer (webhook-only
+            setups with responses that run for hours).
+        clock: the monotonic clock of both TTLs (tests and simulations).
         max_extra_codes: distinct unknown error codes/reasons admitted as labels before
             they become ``other``.
         max_extra_models: distinct model names admitted as labels before ``other``.
@@ -105,7 +135,9 @@ class Watcher:
             ``tracer_provider`` is given. ``True`` with no provider uses the global one.
         tracer_provider: where spans go.
         capture_error_messages: put error messages (the API's ``error.message``, exception
-            messages) on span statuses. Off by default: they are free text.
+            messages) on span statuses and in bgwatch's debug logs. Off by default: they are
+            free text from the server; logs then say only exception types, HTTP status,
+            request id and stage.
 
     See ``docs/opentelemetry.md``.
     """
@@ -118,6 +150,8 @@ class Watcher:
         sinks: Sequence[Sink] = (),
         max_tracked: int = DEFAULT_MAX_TRACKED,
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        in_flight_ttl: float = DEFAULT_IN_FLIGHT_TTL,
+        clock: Callable[[], float] = time.monotonic,
         max_extra_codes: int = DEFAULT_MAX_EXTRA_CODES,
         max_extra_models: int = DEFAULT_MAX_EXTRA_MODELS,
         otel: bool = False,
@@ -127,7 +161,7 @@ class Watcher:
         capture_error_messages: bool = False,
     ) -> None:
         try:
-            self.tracker = Tracker(max_tracked, ttl_seconds)
+            self.tracker = Tracker(max_tracked, ttl_seconds, in_flight_ttl=in_flight_ttl, clock=clock)
             self._codes = LabelValues.for_codes(known_error_codes(), max_extra_codes)
             self._reasons = LabelValues.for_codes(known_incomplete_reasons(), max_extra_codes)
             self._models = LabelValues.for_models((), max_extra_models)
@@ -135,9 +169,13 @@ class Watcher:
             raise ConfigurationError(str(exc)) from exc
         all_sinks: list[Sink] = []
         if prometheus:
-            all_sinks.append(PrometheusSink.for_registry(None if registry is _UNSET else registry))
+            prometheus_sink = PrometheusSink.for_registry(None if registry is _UNSET else registry)
+            prometheus_sink.watch_tracker(self.tracker)
+            all_sinks.append(prometheus_sink)
         if otel:
-            all_sinks.append(OTelMetricsSink.for_meter_provider(meter_provider))
+            otel_sink = OTelMetricsSink.for_meter_provider(meter_provider)
+            otel_sink.watch_tracker(self.tracker)
+            all_sinks.append(otel_sink)
         elif meter_provider is not None:
             raise ConfigurationError("meter_provider= needs otel=True")
         self.tracing: Tracing | None = None
@@ -150,13 +188,23 @@ class Watcher:
             from .tracing import Tracing
 
             self.tracing = Tracing(
-                tracer_provider, capture_error_messages=capture_error_messages, on_error=self.internal_error
+                tracer_provider,
+                capture_error_messages=capture_error_messages,
+                on_error=self.internal_error,
+                genai_metrics=otel,  # the conventions' client histograms go with the OTel metrics mirror
+                meter_provider=meter_provider,
             )
             all_sinks.append(self.tracing)
         all_sinks.extend(sinks)
         self._sinks: tuple[Sink, ...] = tuple(all_sinks)
+        self.capture_error_messages = capture_error_messages
         self._logged_stages: set[str] = set()
-        self._log_lock = threading.Lock()
+        self._log_lock = _locks.Lock()
+        for sink in self._sinks:
+            register = getattr(sink, "sweep_at_collect", None)
+            if register is not None:
+                register(self)
+        _locks.at_fork_in_child(self, "_start_afresh")
 
     @property
     def sinks(self) -> tuple[Sink, ...]:
@@ -166,8 +214,8 @@ class Watcher:
     def record(self, observation: Observation) -> None:
         """Count one observation. Never raises: errors are counted as internal errors."""
         try:
-            transition = self._track(observation)
             labels = self._labels(observation)
+            transition = self._track(observation, labels.model)
             duration = self._duration(observation, transition)
         except Exception as exc:
             self.internal_error("record", exc)
@@ -175,15 +223,41 @@ class Watcher:
         for sink in self._sinks:
             try:
                 sink.observed(observation, transition, labels, duration)
+                if transition is not None and transition.abandoned:
+                    _tell_abandoned(sink, transition.abandoned)
             except Exception as exc:
                 self.internal_error("sink", exc)
 
     def sweep(self) -> None:
-        """Expire ids past their TTL now and correct the in-flight gauge (cheap; optional)."""
-        delta = self.tracker.expire()
+        """Expire ids past their TTL now: in-flight ones count as abandoned and leave the gauge.
+
+        Observations sweep as they pass, and so does every scrape of the watcher's Prometheus
+        registry; call this yourself only when neither happens (an idle multiprocess worker).
+        """
+        try:
+            abandoned = self.tracker.expire()
+        except Exception as exc:
+            self.internal_error("record", exc)
+            return
+        if not abandoned:
+            return
         for sink in self._sinks:
             try:
-                sink.adjust_in_flight(delta)
+                sink.adjust_in_flight(-len(abandoned))
+                _tell_abandoned(sink, abandoned)
+            except Exception as exc:
+                self.internal_error("sink", exc)
+
+    def _start_afresh(self) -> None:
+        """In a forked child: a new process counts only what it sees itself (see README)."""
+        forgotten = self.tracker.start_afresh()
+        for sink in self._sinks:
+            try:
+                forked = getattr(sink, "forked", None)  # optional for sinks written before it existed
+                if forked is not None:
+                    forked(forgotten)
+                elif forgotten:
+                    sink.adjust_in_flight(-forgotten)
             except Exception as exc:
                 self.internal_error("sink", exc)
 
@@ -194,15 +268,22 @@ class Watcher:
         for sink in self._sinks:
             try:
                 sink.internal_error(stage)
-            except Exception:  # a broken sink must not take the others down
-                log.debug("bgwatch sink failed while counting an internal error", exc_info=True)
+            except Exception as sink_exc:  # a broken sink must not take the others down
+                log.debug(
+                    "bgwatch sink failed while counting an internal error: %s",
+                    describe(sink_exc, capture=self.capture_error_messages),
+                )
         with self._log_lock:
             first = stage not in self._logged_stages
             self._logged_stages.add(stage)
         if first:
-            log.debug("bgwatch internal error at stage %r (logged once per stage)", stage, exc_info=exc)
+            log.debug(
+                "bgwatch internal error at stage %r (logged once per stage): %s",
+                stage,
+                describe(exc, capture=self.capture_error_messages, frames=True),
+            )
 
-    def _track(self, observation: Observation) -> Transition | None:
+    def _track(self, observation: Observation, model: str) -> Transition | None:
         # A response created with background=false is not a background response: it is polled
         # by nobody and its failures surface as HTTP errors. An absent flag (older APIs, some
         # proxies) on a retrieve or cancel still means someone is watching it asynchronously.
@@ -213,7 +294,15 @@ class Watcher:
         if observation.background is None and observation.call == "create":
             return None
         attach = self.tracing.new_lifecycle if self.tracing is not None else None
-        return self.tracker.observe(observation.response_id, observation.status, attach)
+        from_start = observation.call == "create"
+        return self.tracker.observe(
+            observation.response_id,
+            observation.status,
+            attach,
+            model,
+            created_at=_start_of(observation.created_at, from_start),
+            from_start=from_start,
+        )
 
     def _labels(self, observation: Observation) -> ResponseLabels:
         status = observation.status or "unknown"
@@ -235,7 +324,26 @@ class Watcher:
         return max(0.0, end - start)
 
 
-_default_lock = threading.Lock()
+def _tell_abandoned(sink: Sink, models: tuple[str, ...]) -> None:
+    abandoned = getattr(sink, "abandoned", None)  # optional for sinks written before it existed
+    if abandoned is not None:
+        abandoned(models)
+
+
+def _start_of(created_at: float | None, at_create: bool) -> float | None:
+    """When the response started, as precisely as this process can tell.
+
+    ``created_at`` is whole seconds in real bodies (truncated): the start lies in
+    ``[created_at, created_at + 1)``. The answer to the create arrives after the start, so when
+    this is that answer, now (clamped into that second) bounds it within the create's round
+    trip instead of a second. Clocks that disagree with the API's by more than that are clamped.
+    """
+    if created_at is None or not at_create:
+        return created_at
+    return min(max(time.time(), created_at), created_at + 1.0)
+
+
+_default_lock = _locks.Lock()
 _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, Watcher] = weakref.WeakKeyDictionary()
 
 
@@ -250,6 +358,10 @@ def default_watcher(registry: CollectorRegistry | None = None) -> Watcher:
     registry = REGISTRY if registry is None else registry
     with _default_lock:
         watcher = _by_registry.get(registry)
-        if watcher is None:
-            watcher = _by_registry[registry] = Watcher(registry=registry)
+    if watcher is not None:
         return watcher
+    # Built outside the lock (bgwatch never holds two of its locks at once, see _locks); a
+    # racing thread's watcher is dropped, and building one twice is harmless.
+    made = Watcher(registry=registry)
+    with _default_lock:
+        return _by_registry.setdefault(registry, made)

@@ -4,6 +4,10 @@
 installed, against the embedded simulator, serves ``/metrics`` and ends with bgwatch's counts
 beside the simulator's ledger (exit status 1 when they differ). ``bgwatch demo --help`` lists
 the options.
+
+``bgwatch export --out DIR`` writes the Grafana dashboards, the Prometheus rules (optionally as a
+prometheus-operator ``PrometheusRule``), their promtool unit tests and the runbook, adapted to a
+deployment (data source, selector, runbook and Grafana URLs, uids, titles, thresholds).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ._demo import DEFAULT_MIX, DEFAULT_MODEL, DemoOptions, check_durations, run_demo
 from .errors import ConfigurationError, validate_raise_on
@@ -65,6 +70,98 @@ def _rate(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
     return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _add_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ._export import FORMATS
+    from ._rules import DEFAULT_GRAFANA_URL, DEFAULT_RUNBOOK_URL, Thresholds
+
+    export = commands.add_parser(
+        "export",
+        help="write the dashboards, Prometheus rules, their promtool tests and the runbook to a directory",
+        description=(
+            "Write dashboards/*.json (Grafana), rules/bgwatch.rules.yml (Prometheus), rules/tests/*.yml"
+            " (promtool test rules, written for the same options) and runbook.md under --out."
+        ),
+    )
+    export.add_argument("--out", "-o", type=Path, required=True, metavar="DIR", help="output directory")
+    export.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="prometheus",
+        help="rules as a plain rule file, or also as a PrometheusRule manifest for kubectl apply (default prometheus)",
+    )
+    export.add_argument(
+        "--selector",
+        default="",
+        metavar="MATCHERS",
+        help="PromQL matchers every rule and panel query adds, e.g. 'namespace=\"prod\"' or 'job=~\"api|worker\"'",
+    )
+    export.add_argument(
+        "--datasource-uid",
+        default=None,
+        metavar="UID",
+        help="pin the dashboards to this Prometheus data source uid (default: a data source picker variable)",
+    )
+    export.add_argument("--runbook-url", default=DEFAULT_RUNBOOK_URL, metavar="URL", help="base URL of runbook.md")
+    export.add_argument(
+        "--grafana-url", default=DEFAULT_GRAFANA_URL, metavar="URL", help="Grafana's base URL, for dashboard_url"
+    )
+    export.add_argument("--uid-prefix", default="bgwatch", help="dashboard uids are PREFIX-overview, PREFIX-failures")
+    export.add_argument("--title-prefix", default="bgwatch", help='dashboard titles are "PREFIX / ..."')
+    export.add_argument(
+        "--threshold",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an alert threshold (repeatable): "
+        + ", ".join(f"{n}={getattr(Thresholds(), n)}" for n in Thresholds.names()),
+    )
+    k8s = export.add_argument_group("--format prometheus-operator")
+    k8s.add_argument("--namespace", default=None, help="metadata.namespace of the PrometheusRule")
+    k8s.add_argument(
+        "--label",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metadata.labels of the PrometheusRule, e.g. release=prometheus (repeatable)",
+    )
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from ._export import ExportOptions, export
+    from ._rules import RuleOptions, Thresholds
+
+    try:
+        options = ExportOptions(
+            rules=RuleOptions(
+                selector=args.selector,
+                runbook_url=args.runbook_url,
+                grafana_url=args.grafana_url,
+                uid_prefix=args.uid_prefix,
+                thresholds=Thresholds().with_values(dict(args.threshold)),
+            ),
+            title_prefix=args.title_prefix,
+            datasource_uid=args.datasource_uid,
+            format=args.format,
+            namespace=args.namespace,
+            labels=dict(args.label),
+        )
+    except ValueError as exc:
+        print(f"bgwatch export: {exc}", file=sys.stderr)
+        return 2
+    for path in export(args.out, options):
+        print(path)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--durations", type=_durations, default=(0.5, 3.0), metavar="LOW,HIGH", help="seconds a response runs (0.5,3)"
     )
     sim.add_argument(
+        "--queue-seconds",
+        type=_durations,
+        default=None,
+        metavar="LOW,HIGH",
+        help="seconds a response waits queued before it runs (default: a share of --durations)",
+    )
+    sim.add_argument(
         "--poll-after-ms", type=int, default=250, metavar="MS", help="openai-poll-after-ms the simulator sends (250)"
     )
     sim.add_argument(
@@ -166,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="count into a private registry instead of prometheus_client's global one (for tests and embedding)",
     )
+    _add_export(commands)
     output = demo.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     output.add_argument(
@@ -181,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bgwatch`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "export":
+        return _run_export(args)
     if args.command != "demo":
         parser.print_help(sys.stderr)
         return 2
@@ -195,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         mix=args.mix,
         durations=args.durations,
+        queue_seconds=args.queue_seconds,
         poll_after_ms=args.poll_after_ms,
         cancel_every=args.cancel_every,
         fault_rate=args.fault_rate,

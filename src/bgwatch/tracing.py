@@ -39,18 +39,21 @@ or key is ever put on a span; error messages only with ``capture_error_messages=
 from __future__ import annotations
 
 import logging
-import threading
+import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
+from . import _locks
 from ._classify import CallKind, Observation, _parse_json
+from ._safe_log import describe
 from ._tracker import Attachment, Transition
 from .metrics import ResponseLabels
 
@@ -65,6 +68,11 @@ __all__ = [
 log = logging.getLogger("bgwatch")
 
 TRACER_NAME: Final = "bgwatch"
+SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.37.0"
+"""The semantic-conventions release whose GenAI attributes bgwatch's spans and instruments follow."""
+OPT_IN_ENV: Final = "OTEL_SEMCONV_STABILITY_OPT_IN"
+OPT_IN_GENAI: Final = "gen_ai_latest_experimental"
+"""As in the official GenAI instrumentations: with it, the experimental attributes below are set."""
 
 # Attribute names, with where each comes from.
 # semantic-conventions-genai, model/gen-ai/registry.yaml:
@@ -83,6 +91,20 @@ OPENAI_API_TYPE: Final = "openai.api.type"
 SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"
 ERROR_TYPE: Final = "error.type"
+GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
+# Experimental (no released semantic-conventions package has them yet): set under these names
+# only with OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental, else under bgwatch's own.
+EXPERIMENTAL_NAMES: Final[Mapping[str, str]] = {
+    GEN_AI_RESPONSE_STATUS: "bgwatch.response.status",
+    GEN_AI_REQUEST_STREAM_CURSOR: "bgwatch.request.stream_cursor",
+}
+EXPERIMENTAL_OPERATIONS: Final = frozenset(("fetch_response", "cancel_response"))
+"""Operation names no released convention has: ``gen_ai.operation.name`` only with the opt-in."""
+BGWATCH_OPERATION: Final = "bgwatch.operation"
+"""The operation, where ``gen_ai.operation.name`` may not carry it (an experimental one, no opt-in)."""
 # bgwatch's own (no convention covers them):
 BGWATCH_LIFECYCLE_DROPPED: Final = "bgwatch.lifecycle.dropped"
 """``evicted`` or ``expired``: the tracker forgot the response before it was seen terminal."""
@@ -141,6 +163,53 @@ def finish_reason(status: str | None, incomplete_reason: str | None = None) -> s
     if status in ("failed", "cancelled"):
         return "error"
     return None
+
+
+_DURATION_ATTRIBUTES: Final = frozenset(
+    (GEN_AI_OPERATION_NAME, GEN_AI_PROVIDER_NAME, GEN_AI_REQUEST_MODEL, SERVER_ADDRESS, SERVER_PORT)
+)
+# The conventions' advisory bucket boundaries (gen-ai metrics: gen_ai.client.*).
+DURATION_BOUNDARIES: Final = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TOKEN_BOUNDARIES: Final = tuple(4.0**n for n in range(14))  # 1, 4, 16 ... 67,108,864
+
+
+class GenAIMetrics:
+    """``gen_ai.client.operation.duration`` (per Responses API call) and ``gen_ai.client.token.usage``
+    (per finished response, its ``usage``), as the GenAI conventions define them."""
+
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        from opentelemetry import metrics as otel_metrics
+
+        from . import __version__
+
+        meter = otel_metrics.get_meter(TRACER_NAME, __version__, meter_provider, schema_url=SCHEMA_URL)
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BOUNDARIES),
+        )
+        self.tokens = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=list(TOKEN_BOUNDARIES),
+        )
+
+    def record_tokens(self, observation: Observation) -> None:
+        """The finished response's input and output tokens, once per response."""
+        attributes: dict[str, AttributeValue] = {GEN_AI_OPERATION_NAME: "chat", GEN_AI_PROVIDER_NAME: PROVIDER}
+        if observation.model:
+            attributes[GEN_AI_RESPONSE_MODEL] = observation.model
+        for token_type, count in (("input", observation.input_tokens), ("output", observation.output_tokens)):
+            if count is not None:
+                self.tokens.record(count, {**attributes, GEN_AI_TOKEN_TYPE: token_type})
+
+
+def genai_experimental_opted_in() -> bool:
+    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` lists ``gen_ai_latest_experimental``."""
+    values = os.environ.get(OPT_IN_ENV, "")
+    return OPT_IN_GENAI in (value.strip() for value in values.split(","))
 
 
 def suppressed() -> bool:
@@ -203,13 +272,23 @@ NOOP_CALL_SPAN: Final = CallSpan()
 
 
 class _RecordingCallSpan(CallSpan):
-    __slots__ = ("_capture", "_ended", "_on_error", "_span")
+    __slots__ = ("_capture", "_ended", "_metric", "_on_error", "_span", "_started", "_status_key")
 
-    def __init__(self, span: Span, capture_error_messages: bool, on_error: ErrorHandler) -> None:
+    def __init__(
+        self,
+        span: Span,
+        capture_error_messages: bool,
+        on_error: ErrorHandler,
+        status_key: str,
+        metric: tuple[GenAIMetrics, dict[str, AttributeValue]] | None = None,
+    ) -> None:
         self._span = span
         self._capture = capture_error_messages
         self._on_error = on_error
         self._ended = False
+        self._status_key = status_key
+        self._metric = metric  # gen_ai.client.operation.duration: the instrument and its attributes
+        self._started = time.perf_counter()
 
     def activate(self) -> AbstractContextManager[None]:
         return self._activated()
@@ -234,6 +313,8 @@ class _RecordingCallSpan(CallSpan):
         try:
             if status_code >= 400 and not self._ended:
                 self._span.set_attribute(ERROR_TYPE, str(status_code))
+                if self._metric is not None:
+                    self._metric[1][ERROR_TYPE] = str(status_code)
                 self._span.set_status(Status(StatusCode.ERROR))
         except Exception as exc:
             self._on_error("trace", exc)
@@ -245,8 +326,10 @@ class _RecordingCallSpan(CallSpan):
             attributes: dict[str, AttributeValue] = {GEN_AI_RESPONSE_ID: observation.response_id}
             if observation.model:
                 attributes[GEN_AI_RESPONSE_MODEL] = observation.model
+                if self._metric is not None:
+                    self._metric[1][GEN_AI_RESPONSE_MODEL] = observation.model
             if observation.status:
-                attributes[GEN_AI_RESPONSE_STATUS] = observation.status
+                attributes[self._status_key] = observation.status
             reason = finish_reason(observation.status, observation.incomplete_reason)
             if reason is not None:
                 attributes[GEN_AI_RESPONSE_FINISH_REASONS] = (reason,)
@@ -259,6 +342,8 @@ class _RecordingCallSpan(CallSpan):
             if self._ended:
                 return
             self._span.set_attribute(ERROR_TYPE, error_type(exc))
+            if self._metric is not None:
+                self._metric[1][ERROR_TYPE] = error_type(exc)
             description = str(exc)[:_MAX_MESSAGE] if self._capture else None
             self._span.set_status(Status(StatusCode.ERROR, description or None))
         except Exception as error:
@@ -270,6 +355,9 @@ class _RecordingCallSpan(CallSpan):
         self._ended = True
         try:
             self._span.end()
+            if self._metric is not None:
+                instruments, attributes = self._metric
+                instruments.duration.record(time.perf_counter() - self._started, attributes)
         except Exception as exc:
             self._on_error("trace", exc)
 
@@ -290,7 +378,7 @@ def _duplicates(parent: Span, operation: str) -> bool:
     attributes = getattr(parent, "attributes", None)  # an SDK span; the API has no getter
     if not isinstance(attributes, Mapping):
         return False
-    if attributes.get(GEN_AI_OPERATION_NAME) != operation:
+    if operation not in (attributes.get(GEN_AI_OPERATION_NAME), attributes.get(BGWATCH_OPERATION)):
         return False
     provider = attributes.get(GEN_AI_PROVIDER_NAME) or attributes.get("gen_ai.system")
     if provider not in (PROVIDER, "azure.ai.openai"):
@@ -348,11 +436,17 @@ class Tracing:
         *,
         capture_error_messages: bool = False,
         on_error: ErrorHandler | None = None,
+        genai_metrics: bool = False,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         from . import __version__
 
-        self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider)
+        self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider, schema_url=SCHEMA_URL)
         self.capture_error_messages = capture_error_messages
+        self.experimental = genai_experimental_opted_in()
+        self.genai_metrics = GenAIMetrics(meter_provider) if genai_metrics else None
+        """The conventions' client histograms (with the OTel metrics mirror), or None."""
+        """Whether the experimental GenAI attribute names are used (``OTEL_SEMCONV_STABILITY_OPT_IN``)."""
         self._on_error: ErrorHandler = on_error if on_error is not None else _log_error
 
     # -- call spans ---------------------------------------------------------------------
@@ -366,7 +460,6 @@ class Tracing:
             if _duplicates(trace.get_current_span(), operation):
                 return NOOP_CALL_SPAN
             attributes: dict[str, AttributeValue] = {
-                GEN_AI_OPERATION_NAME: operation,
                 GEN_AI_PROVIDER_NAME: PROVIDER,
                 OPENAI_API_TYPE: API_TYPE,
             }
@@ -391,12 +484,25 @@ class Tracing:
                 if call in ("retrieve", "stream"):
                     cursor = url.params.get("starting_after")
                     if cursor:
-                        attributes[GEN_AI_REQUEST_STREAM_CURSOR] = str(cursor)[:64]
+                        attributes[self.name(GEN_AI_REQUEST_STREAM_CURSOR)] = str(cursor)[:64]
+            if self.experimental or operation not in EXPERIMENTAL_OPERATIONS:
+                attributes[GEN_AI_OPERATION_NAME] = operation
+            else:
+                attributes[BGWATCH_OPERATION] = operation
             span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-            return _RecordingCallSpan(span, self.capture_error_messages, self._on_error)
+            metric = None
+            if self.genai_metrics is not None:
+                metric = (self.genai_metrics, {k: v for k, v in attributes.items() if k in _DURATION_ATTRIBUTES})
+            return _RecordingCallSpan(
+                span, self.capture_error_messages, self._on_error, self.name(GEN_AI_RESPONSE_STATUS), metric
+            )
         except Exception as exc:
             self._on_error("trace", exc)
             return NOOP_CALL_SPAN
+
+    def name(self, attribute: str) -> str:
+        """The name an experimental GenAI attribute is set under (its own only with the opt-in)."""
+        return attribute if self.experimental else EXPERIMENTAL_NAMES.get(attribute, attribute)
 
     # -- lifecycle spans (the Sink protocol) ---------------------------------------------
 
@@ -424,6 +530,12 @@ class Tracing:
 
     def adjust_in_flight(self, delta: int) -> None:
         """Nothing to do: dropped lifecycle spans are ended by the tracker (Sink protocol)."""
+
+    def abandoned(self, models: Sequence[str]) -> None:
+        """Nothing to do: abandoned lifecycle spans are ended by the tracker (Sink protocol)."""
+
+    def forked(self, in_flight_forgotten: int) -> None:
+        """Nothing to do: the parent's lifecycle spans stay the parent's to end (Sink protocol)."""
 
     def internal_error(self, stage: str) -> None:
         """Nothing to do: internal errors are metrics (Sink protocol)."""
@@ -455,7 +567,7 @@ class Tracing:
 
 
 def _log_error(stage: str, exc: BaseException) -> None:
-    log.debug("bgwatch tracing error at stage %r", stage, exc_info=exc)
+    log.debug("bgwatch tracing error at stage %r: %s", stage, describe(exc))
 
 
 def _current_link(call: str) -> Link | None:
@@ -477,7 +589,7 @@ class _Lifecycle:
 
     def __init__(self, tracing: Tracing) -> None:
         self._tracing = tracing
-        self._lock = threading.Lock()
+        self._lock = _locks.unregistered_lock()  # per response: a forked child never reaches it
         self._span: Span | None = None
         self._ended = False
         self._last_status: str | None = None
@@ -513,7 +625,7 @@ class _Lifecycle:
                 when = observation.completed_at if transition.finished else None
                 span.add_event(
                     f"response.{status}",
-                    {GEN_AI_RESPONSE_STATUS: status},
+                    {self._tracing.name(GEN_AI_RESPONSE_STATUS): status},
                     timestamp=_ns(when) if when is not None else None,
                 )
                 self._last_status = status
@@ -529,7 +641,15 @@ class _Lifecycle:
         end_ns = _ns(end)
         try:
             status = observation.status
-            span.set_attribute(GEN_AI_RESPONSE_STATUS, status or "unknown")
+            span.set_attribute(self._tracing.name(GEN_AI_RESPONSE_STATUS), status or "unknown")
+            if observation.input_tokens is not None:
+                span.set_attribute(GEN_AI_USAGE_INPUT_TOKENS, observation.input_tokens)
+            if observation.output_tokens is not None:
+                span.set_attribute(GEN_AI_USAGE_OUTPUT_TOKENS, observation.output_tokens)
+            if observation.service_tier is not None:
+                span.set_attribute(OPENAI_RESPONSE_SERVICE_TIER, observation.service_tier)
+            if self._tracing.genai_metrics is not None:
+                self._tracing.genai_metrics.record_tokens(observation)
             reason = finish_reason(status, observation.incomplete_reason)
             if reason is not None:
                 span.set_attribute(GEN_AI_RESPONSE_FINISH_REASONS, (reason,))

@@ -137,27 +137,6 @@ def _answer(hook: Hook, call: CallKind, module: Any, *, request: Any, response: 
     return fresh, hook.observe_json(call, data, request_id, span)
 
 
-def _unloaded(response: Any, module: Any, request: Any) -> Any:
-    """``response`` itself, or when its body is already loaded a fresh one streaming the same bytes.
-
-    A response built with ``content=`` (MockTransport handlers, recording and caching
-    transports) is read at construction, and the client iterates its loaded content, never its
-    stream: the wrapper would see nothing. Its raw bytes (``ByteStream`` iterates them again)
-    are handed to a fresh, unread response with the same headers, so the SDK reads the same
-    events through the wrapper.
-    """
-    if not hasattr(response, "_content") or not isinstance(response.stream, module.ByteStream):
-        return response
-    fresh = module.Response(
-        status_code=response.status_code,
-        stream=module.ByteStream(b"".join(response.stream)),
-        extensions=response.extensions,
-        request=request,
-    )
-    fresh.headers = response.headers
-    return fresh
-
-
 def _make_hook(
     hook: Hook | None,
     watcher: Watcher | None,
@@ -232,9 +211,11 @@ class _SyncAdapter:
                     # the SDK iterates and ends the span when the stream ends. Errors are the
                     # SDK's business.
                     if hook.wants_stream(response.status_code, content_type):
-                        response = _unloaded(response, self._module, request)
-                        if observe_stream(hook, call, span, response, self._module, asynchronous=False):
-                            return response
+                        observed = observe_stream(
+                            hook, call, span, response, self._module, request=request, asynchronous=False
+                        )
+                        if observed is not None:
+                            return observed
                     span.end()
                     return response
                 try:
@@ -294,9 +275,11 @@ class _AsyncAdapter:
                 content_type = response.headers.get("content-type")
                 if not hook.wants_body(response.status_code, content_type):
                     if hook.wants_stream(response.status_code, content_type):
-                        response = _unloaded(response, self._module, request)
-                        if observe_stream(hook, call, span, response, self._module, asynchronous=True):
-                            return response  # the wrapper ends the span, as in the sync adapter
+                        observed = observe_stream(
+                            hook, call, span, response, self._module, request=request, asynchronous=True
+                        )
+                        if observed is not None:
+                            return observed  # the wrapper ends the span, as in the sync adapter
                     span.end()
                     return response
                 try:

@@ -60,7 +60,9 @@ from typing import Any, Final, Literal
 
 import openai
 
+from . import _locks
 from ._classify import TERMINAL_STATUSES, Observation
+from ._safe_log import describe, loggable_id
 from ._tracker import RecentIds
 from ._wait import _Recorder
 from ._watcher import Watcher, default_watcher
@@ -298,9 +300,15 @@ class WebhookReceiver:
         self.watcher: Watcher = self._recorder.watcher if self._recorder is not None else (watcher or default_watcher())
         self._verifier = self._make_verifier(client)
         # Follow-ups: one counter bounds the backlog for threads and tasks alike.
-        self._cond = threading.Condition()
-        self._outstanding = 0
+        self._cond = _locks.Condition()
         self._closed = False
+        self._start_afresh()
+        _locks.at_fork_in_child(self, "_start_afresh")
+
+    def _start_afresh(self) -> None:
+        # Also a forked child's start: the parent's queued follow-ups, worker threads and
+        # tasks stay the parent's (it records them); the child has none yet.
+        self._outstanding = 0
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -414,6 +422,8 @@ class WebhookReceiver:
             document = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             return self._reject("malformed", 400, "body is not UTF-8 JSON")
+        except RecursionError:  # signed, but nested deeper than any real event
+            return self._reject("malformed", 400, "body nested too deeply")
         if not isinstance(document, dict):
             return self._reject("malformed", 400, "body is not a JSON object")
         event_type = document.get("type")
@@ -575,7 +585,11 @@ class WebhookReceiver:
             self._record_event(job.response_id, job.status, job.completed_at)
 
     def _follow_up_failed(self, job: _Job, exc: BaseException) -> None:
-        log.debug("bgwatch: webhook follow-up retrieve failed", exc_info=exc)
+        log.debug(
+            "bgwatch: webhook follow-up retrieve of %s failed (stage webhook): %s",
+            loggable_id(job.response_id),
+            describe(exc, capture=self.watcher.capture_error_messages),
+        )
         self.watcher.internal_error("webhook", exc)
         self._record_event(job.response_id, job.status, job.completed_at)
 

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--durations", type=_pair, default=(1.0, 10.0), help="LOW,HIGH seconds a response runs (default 1,10)"
     )
+    parser.add_argument(
+        "--queue-seconds",
+        type=_pair,
+        default=None,
+        help="LOW,HIGH seconds a response waits queued before it runs (default: a share of --durations)",
+    )
     parser.add_argument("--poll-after-ms", type=int, default=500)
     parser.add_argument("--output-bytes", type=int, default=64)
     parser.add_argument("--fault-rate", type=float, default=0.0, help="probability of a random fault per request")
@@ -71,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         mix=args.mix,
         durations=args.durations,
+        queue_seconds=args.queue_seconds,
         host=args.host,
         port=args.port,
         poll_after_ms=args.poll_after_ms,

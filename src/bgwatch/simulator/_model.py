@@ -87,8 +87,19 @@ class Outcome:
     """The final state of one simulated response: what a correct observer must report.
 
     ``finished_at`` is the wall-clock time (seconds) the terminal state was reached; it is
-    ``None`` while the response is still running and does not take part in equality, so
-    two runs with the same seed compare equal.
+    ``None`` while the response is still running. It and the fields after it do not take part
+    in equality, so two runs with the same seed compare equal.
+
+    The rest is the truth behind bgwatch's queue and token metrics:
+
+    - ``created_at``: when the response was created, to the microsecond (bodies carry whole
+      seconds, as the live API's do);
+    - ``queue_seconds``: how long it really was ``queued`` (until it started running, or
+      until a cancel ended it in the queue); None while it is still queued;
+    - ``queue_seen_seconds``: from ``created_at`` to the moment a client was first sent a body
+      or event showing it past ``queued`` (what a poller can measure, at its poll's
+      resolution); None when no client has been;
+    - ``input_tokens``, ``output_tokens``: the ``usage`` its terminal body carries.
     """
 
     status: TerminalStatus
@@ -96,6 +107,11 @@ class Outcome:
     reason: str | None = None
     model: str = ""
     finished_at: float | None = field(default=None, compare=False)
+    created_at: float | None = field(default=None, compare=False)
+    queue_seconds: float | None = field(default=None, compare=False)
+    queue_seen_seconds: float | None = field(default=None, compare=False)
+    input_tokens: int = field(default=0, compare=False)
+    output_tokens: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from typing import Any, Literal
 
 from ._model import Outcome, TerminalStatus
@@ -72,6 +73,7 @@ class Record:
         "code",
         "created_at",
         "final",
+        "full_output_tokens",
         "id",
         "input_text",
         "instructions",
@@ -81,6 +83,7 @@ class Record:
         "previous_response_id",
         "reason",
         "seen",
+        "seen_started_wall",
         "store",
         "t0",
         "t1",
@@ -104,6 +107,7 @@ class Record:
         t2: float,
         created_at: float,
         params: dict[str, Any],
+        full_output_tokens: int = 1,
     ) -> None:
         self.id = id
         self.model = model
@@ -118,6 +122,9 @@ class Record:
         # Last status a client received in full (poll body or SSE event); faulted
         # deliveries never update it.
         self.seen: str | None = None
+        # Wall-clock time a client was first sent this response past "queued" (same rules).
+        self.seen_started_wall: float | None = None
+        self.full_output_tokens = full_output_tokens
         self.instructions = params.get("instructions") if isinstance(params.get("instructions"), str) else None
         self.max_output_tokens = _int_or_none(params.get("max_output_tokens"))
         metadata = params.get("metadata")
@@ -143,6 +150,41 @@ class Record:
             return "in_progress"
         return self.final
 
+    def show(self, status: str) -> tuple[str | None, float | None]:
+        """Mark ``status`` as delivered to a client; returns what :meth:`unshow` restores."""
+        previous = (self.seen, self.seen_started_wall)
+        self.seen = status
+        if status != "queued" and self.seen_started_wall is None:
+            self.seen_started_wall = time.time()
+        return previous
+
+    def unshow(self, previous: tuple[str | None, float | None]) -> None:
+        """Undo a :meth:`show` whose delivery failed."""
+        self.seen, self.seen_started_wall = previous
+
+    def cancelled_in_queue(self) -> bool:
+        """Whether a cancel ended the response before it started running."""
+        return self.cancel_at is not None and self.cancel_at < self.t1
+
+    def queue_seconds(self, now: float) -> float | None:
+        """How long the response was queued; None while it still is (monotonic ``now``)."""
+        if self.cancelled_in_queue():
+            return self.cancel_at - self.t0  # type: ignore[operator]  # set when cancelled
+        return self.t1 - self.t0 if now >= self.t1 else None
+
+    def usage(self, status: str) -> tuple[int, int]:
+        """``(input_tokens, output_tokens)`` spent by a response that ended ``status``.
+
+        Completed: the whole output; incomplete: half; failed, or cancelled while running: a
+        quarter (work thrown away); cancelled in the queue: nothing at all.
+        """
+        if status == "cancelled" and self.cancelled_in_queue():
+            return 0, 0
+        inp = max(1, len(self.input_text) // 4)
+        full = self.full_output_tokens
+        out = full if status == "completed" else max(1, full // 2) if status == "incomplete" else full // 4
+        return inp, out
+
     def finished_wall(self) -> float:
         """Wall-clock time the terminal state is (or was) reached."""
         if self.cancel_wall is not None:
@@ -154,12 +196,19 @@ class Record:
         cancelled = self.cancel_at is not None
         done = now is None or cancelled or now >= self.t2
         status: TerminalStatus = "cancelled" if cancelled else self.final
+        input_tokens, output_tokens = self.usage(status)
+        started = self.seen_started_wall
         return Outcome(
             status=status,
             code=None if cancelled else self.code,
             reason=None if cancelled else self.reason,
             model=self.model,
             finished_at=self.finished_wall() if done else None,
+            created_at=self.created_at,
+            queue_seconds=self.queue_seconds(time.monotonic() if now is None else now),
+            queue_seen_seconds=None if started is None else max(0.0, started - self.created_at),
+            input_tokens=input_tokens if done else 0,
+            output_tokens=output_tokens if done else 0,
         )
 
 
@@ -227,6 +276,7 @@ class Renderer:
         return {
             "id": rec.id,
             "object": "response",
+            # Whole seconds, as the live API sends them (some clients reject fractions).
             "created_at": int(rec.created_at),
             "status": status,
             "background": rec.background,
@@ -252,7 +302,7 @@ class Renderer:
             "tools": [],
             "top_p": rec.top_p,
             "truncation": "disabled",
-            "usage": self._usage(rec, status) if with_output else None,
+            "usage": self._usage(rec, status) if terminal else None,
             "user": rec.user,
             "metadata": rec.metadata,
         }
@@ -273,8 +323,7 @@ class Renderer:
         }
 
     def _usage(self, rec: Record, status: str) -> dict[str, Any]:
-        inp = max(1, len(rec.input_text) // 4)
-        out = self.output_tokens if status == "completed" else max(1, self.output_tokens // 2)
+        inp, out = rec.usage(status)
         return {
             "input_tokens": inp,
             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},

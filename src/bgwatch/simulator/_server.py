@@ -157,10 +157,11 @@ class Simulator:
 
     Each background response walks ``queued -> in_progress -> terminal``: it is queued
     until ``d1`` seconds after creation and in progress until ``d2``, where
-    ``d1 <= d2`` are drawn from ``durations``. Its terminal state is drawn at creation
-    from ``mix`` with a generator seeded by ``seed``: the same seed yields the same
-    sequence of outcomes for the same sequence of creates. A create may force its
-    outcome with ``metadata={"bgwatch_outcome": "failed:server_error"}`` (or
+    ``d1 <= d2`` are drawn from ``durations``; with ``queue_seconds=(low, high)`` the time
+    queued is drawn from that range instead, and the time running from ``durations``. Its
+    terminal state is drawn at creation from ``mix`` with a generator seeded by ``seed``:
+    the same seed yields the same sequence of outcomes for the same sequence of creates. A
+    create may force its outcome with ``metadata={"bgwatch_outcome": "failed:server_error"}`` (or
     ``"completed"``, ``"cancelled"``, ``"incomplete:max_output_tokens"``).
 
     Streams of cancelled responses end with a ``cancel_event`` (``response.incomplete``
@@ -177,7 +178,11 @@ class Simulator:
     ``slow_seconds``, the delay of the ``slow`` fault; ``retry_after_ms``, sent with
     injected 429/500/503; ``cut_after_events``, events a ``cut`` stream delivers.
 
-    ``mix``, ``durations``, ``poll_after_ms`` (None omits the header), ``slow_seconds``,
+    Bodies carry ``created_at``/``completed_at`` in whole seconds and terminal bodies a
+    ``usage`` (see :meth:`Record.usage`); the ledger (:class:`Outcome`) holds the exact
+    creation time, time queued and tokens.
+
+    ``mix``, ``durations``, ``queue_seconds``, ``poll_after_ms`` (None omits the header), ``slow_seconds``,
     ``retry_after_ms``, ``gzip_responses`` and ``faults`` may be changed while running;
     they apply to the requests that follow.
     """
@@ -188,6 +193,7 @@ class Simulator:
         seed: int | None = None,
         mix: Mix | str | None = None,
         durations: tuple[float, float] = (0.05, 0.2),
+        queue_seconds: tuple[float, float] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         poll_after_ms: int | None = 50,
@@ -210,6 +216,9 @@ class Simulator:
         self.seed = seed
         self.mix = mix or Mix()
         self.durations = (float(lo), float(hi))
+        if queue_seconds is not None and not 0 <= queue_seconds[0] <= queue_seconds[1]:
+            raise ValueError(f"queue_seconds must satisfy 0 <= low <= high, got {queue_seconds}")
+        self.queue_seconds = queue_seconds
         self.host = host
         self.poll_after_ms = poll_after_ms
         self.slow_seconds = slow_seconds
@@ -442,7 +451,12 @@ class Simulator:
         code = rng.choice(codes) if status == "failed" else None
         reason = rng.choice(reasons) if status == "incomplete" else None
         lo, hi = self.durations
-        d1, d2 = sorted((rng.uniform(lo, hi), rng.uniform(lo, hi)))
+        queue = self.queue_seconds
+        if queue is None:
+            d1, d2 = sorted((rng.uniform(lo, hi), rng.uniform(lo, hi)))
+        else:
+            d1 = rng.uniform(*queue)
+            d2 = d1 + rng.uniform(lo, hi)
         return status, code, reason, d1, d2
 
     def _new_record(self, params: dict[str, Any], *, background: bool, stream: bool, dry: bool) -> Record:
@@ -475,6 +489,7 @@ class Simulator:
             t2=t2,
             created_at=time.time(),
             params=params,
+            full_output_tokens=self.renderer.output_tokens,
         )
         if not dry:
             with self._lock:
@@ -943,9 +958,9 @@ class _Handler(BaseHTTPRequestHandler):
         previous = None
         if reply.shows is not None:
             rec, status = reply.shows
-            previous, rec.seen = rec.seen, status
-        if not self._send(self._head(reply.status, headers) + body) and reply.shows is not None:
-            reply.shows[0].seen = previous
+            previous = rec.show(status)
+        if not self._send(self._head(reply.status, headers) + body) and previous is not None:
+            reply.shows[0].unshow(previous)  # type: ignore[index]
 
     def _write_stream(self, reply: _Stream, fault: FaultKind | None, path: str) -> None:
         sim = self.server.sim
@@ -990,12 +1005,10 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(b"%x\r\n" % len(payload) + payload[: len(payload) // 2])
                     return
                 status = None if reply.dry else Renderer.lifecycle_status(data)
-                previous = rec.seen
-                if status is not None:
-                    rec.seen = status  # before the write, as for JSON replies
+                shown = rec.show(status) if status is not None else None  # before the write, as for JSON
                 if not self._send(b"%x\r\n%s\r\n" % (len(payload), payload)):
-                    if status is not None:
-                        rec.seen = previous
+                    if shown is not None:
+                        rec.unshow(shown)
                     return
                 sent += 1
                 if fault == "cut" and sent >= sim.cut_after_events:
