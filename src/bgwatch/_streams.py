@@ -66,6 +66,10 @@ The ``error`` event
     events before the failing one (once per stream, by bisection over copies of the zlib
     state); if the compression does not allow that, the whole chunk goes through and the
     exception follows it.
+    One case no cut can serve: openai 2.x yields events only when its buffer ends in
+    ``\n\n``, ``\r\r`` or ``\r\n\r\n``, so after mixed line endings (``\n\r\n``) it may
+    still hold the events before the failing one when the exception comes, and they are lost
+    to the caller (counted all the same); openai 3.x splits lines itself and has no such case.
 
 Fail open
     Anything that goes wrong while observing is counted as
