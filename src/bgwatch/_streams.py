@@ -154,12 +154,15 @@ _DATA_LINE: Final = re.compile(rb"(?:\A|[\r\n])data(?::|[\r\n]|\Z)")
 # no escaped or duplicate "type" key can hide (a second literal "type" anywhere, even inside
 # a string, sends the event to json.loads), and no "error" member (same test). Anything
 # else, or a type that counts, goes through json.loads as the SDK's does.
-_WS = r"[ \t\n\r]*+"
-_STRING = r'"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+"'
+# Plain quantifiers (possessive ones need Python 3.11); the alternatives never overlap, so a
+# failing match backtracks only linearly.
+_WS = r"[ \t\n\r]*"
+_STRING = r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
 _VALUE = rf"(?:{_STRING}|-?(?:0|[1-9][0-9]{{0,18}})|\[{_WS}\]|true|false|null)"
-_MEMBER = rf'{_WS}"[A-Za-z_]++"{_WS}:{_WS}{_VALUE}{_WS}'
-_PLAIN_EVENT: Final = re.compile(rf'{_WS}\{{{_WS}"type"{_WS}:{_WS}"([a-z_.]++)"{_WS}(?:,{_MEMBER})*+\}}{_WS}')
+_MEMBER = rf'{_WS}"[A-Za-z_]+"{_WS}:{_WS}{_VALUE}{_WS}'
+_PLAIN_EVENT: Final = re.compile(rf'{_WS}\{{{_WS}"type"{_WS}:{_WS}"([a-z_.]+)"{_WS}(?:,{_MEMBER})*\}}{_WS}')
 _NOT_PLAIN: Final = LIFECYCLE_EVENTS | {"error"}
+_PRECHECK_MAX: Final = 2048
 
 
 def _is_plain_other_event(data: str) -> bool:
@@ -168,6 +171,8 @@ def _is_plain_other_event(data: str) -> bool:
     True only for a flat object of plain members typed as neither a lifecycle event nor
     ``error``, with no "error" member (see :data:`_PLAIN_EVENT`); False means "parse it".
     """
+    if len(data) > _PRECHECK_MAX:
+        return False  # the regex walks strings a character at a time: json.loads is faster there
     match = _PLAIN_EVENT.fullmatch(data)
     return match is not None and match[1] not in _NOT_PLAIN and data.count('"type"') == 1 and '"error"' not in data
 
