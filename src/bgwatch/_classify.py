@@ -104,37 +104,23 @@ def is_event_stream(content_type: str | None) -> bool:
     return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"  # type: ignore[union-attr]
 
 
-def _parse_json(data: bytes, *, partial: bool) -> Any:
-    """Parse with jiter; a complete document jiter refuses gets a second chance with json.
+def _parse_json(data: bytes) -> Any:
+    """Parse with jiter; a document jiter refuses gets a second chance with json.
 
-    For stream events and request bodies (partial parsing); a non-streamed answer is parsed
-    with ``json.loads`` itself, as the SDK parses it.
-
-    jiter rejects a few things json (and so the SDK) accepts, such as a lone surrogate escape
-    (``"\\ud800"``) or a byte order mark; a body the SDK can read must not go uncounted.
-    Raises only ValueError (json's RecursionError on deep nesting included).
+    For request bodies (the create's ``model`` and ``stream``, for spans); answers are parsed
+    with ``json.loads`` itself, as the SDK parses them. jiter rejects a few things json accepts,
+    such as a lone surrogate escape (``"\\ud800"``) or a byte order mark. Raises only
+    ValueError (json's RecursionError on deep nesting included).
     """
     if _jiter is not None:
         try:
-            return _jiter.from_json(data, partial_mode=partial, cache_mode="keys")
+            return _jiter.from_json(data, cache_mode="keys")
         except ValueError:
-            if partial:
-                raise
-    elif partial:  # pragma: no cover - without jiter we cannot parse a prefix
-        raise ValueError("partial parsing needs jiter")
+            pass
     try:
         return json.loads(data)
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply") from exc
-
-
-def _complete_keys(mapping: dict[str, Any], complete: bool) -> dict[str, Any]:
-    """Drop the last key of a partially parsed object: its value may have been cut short."""
-    if complete or not mapping:
-        return mapping
-    trimmed = dict(mapping)
-    trimmed.popitem()
-    return trimmed
 
 
 def _str(value: Any, limit: int = 256) -> str | None:

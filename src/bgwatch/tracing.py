@@ -399,7 +399,7 @@ def _request_model_and_stream(request: Any) -> tuple[str | None, bool]:
     if not isinstance(content, bytes) or not content or len(content) > MAX_REQUEST_BYTES:
         return None, False
     try:
-        body = _parse_json(content, partial=False)
+        body = _parse_json(content)
     except Exception:  # not JSON (or too deep): the span goes without the model
         return None, False
     if not isinstance(body, dict):
