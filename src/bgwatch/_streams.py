@@ -677,8 +677,14 @@ def _unloaded(response: Any, module: Any, request: Any) -> Any:
     stream = response.stream
     if not isinstance(stream, module.ByteStream):
         raise TypeError(f"a loaded event stream over {type(stream).__name__} cannot be replayed")
-    raw = b"".join(stream)
-    fresh = module.Response(
+    return fresh_response(module.Response, module, response, b"".join(stream), request)
+
+
+def fresh_response(response_class: Any, module: Any, response: Any, raw: bytes, request: Any) -> Any:
+    """A response not yet read over ``raw``, with the status, extensions and the very headers
+    object of ``response`` (no copy: its decoding stays cached), so ``elapsed`` and the rest
+    behave as without bgwatch."""
+    fresh = response_class(
         status_code=response.status_code,
         stream=module.ByteStream(raw),
         extensions=response.extensions,

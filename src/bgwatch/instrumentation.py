@@ -137,17 +137,15 @@ class BgwatchInstrumentor(BaseInstrumentor):  # type: ignore[misc,unused-ignore]
 
 
 def _transport_class(http: Any) -> Any:
+    """bgwatch's transport class for the HTTP client ``http`` (None: not an httpx/httpx2 client)."""
     from . import transports
 
-    for module_name, sync_cls, async_cls in (
-        ("httpx2", transports.Httpx2Transport, transports.AsyncHttpx2Transport),
-        ("httpx", transports.HttpxTransport, transports.AsyncHttpxTransport),
-    ):
-        module = getattr(transports, module_name, None)
+    for name in ("httpx2", "httpx"):
+        module = getattr(transports, name, None)  # None where that library is not installed
         if module is None:
             continue
         if isinstance(http, module.AsyncClient):
-            return async_cls
+            return transports._transport_class(module, asynchronous=True)
         if isinstance(http, module.Client):
-            return sync_cls
+            return transports._transport_class(module, asynchronous=False)
     return None

@@ -24,7 +24,7 @@ import openai
 from ._classify import CallKind
 from ._hook import RAISE_MODE_MIN_OPENAI, Hook, encoding_and_request_id, raise_mode_supported
 from ._sdk import Library, sdk_library
-from ._streams import observe_stream
+from ._streams import fresh_response, observe_stream
 from ._watcher import Watcher, default_watcher
 from .errors import ConfigurationError
 
@@ -114,13 +114,7 @@ def _answer(hook: Hook, call: CallKind, module: Any, *, request: Any, response: 
     except Exception as exc:  # a bug of ours: counted, and the SDK gets the plain answer
         hook.watcher.internal_error("classify", exc)
         response_class, encoding, request_id = module.Response, None, None
-    fresh = response_class(
-        status_code=response.status_code,
-        stream=module.ByteStream(raw),
-        extensions=response.extensions,
-        request=request,
-    )
-    fresh.headers = headers  # the same object: no copy, its decoding cached
+    fresh = fresh_response(response_class, module, response, raw, request)
     if response_class is module.Response:
         return fresh, None
     try:
@@ -434,14 +428,18 @@ def _resolve_library(library: str | None) -> Library:
     return library  # type: ignore[return-value]
 
 
+def _transport_class(module: Any, asynchronous: bool) -> Any:
+    """bgwatch's transport class for a client of ``module`` (httpx2 or httpx)."""
+    if asynchronous:
+        return AsyncHttpx2Transport if module is httpx2 else AsyncHttpxTransport
+    return Httpx2Transport if module is httpx2 else HttpxTransport
+
+
 def _build_client(asynchronous: bool, library: Library | None, hook: Hook, options: dict[str, Any]) -> Any:
     """A client of the chosen library with openai's defaults, every transport wrapped."""
     name = _resolve_library(library)
     module = _require(httpx2 if name == "httpx2" else httpx, name)
-    if asynchronous:
-        transport_cls: Any = AsyncHttpx2Transport if module is httpx2 else AsyncHttpxTransport
-    else:
-        transport_cls = Httpx2Transport if module is httpx2 else HttpxTransport
+    transport_cls = _transport_class(module, asynchronous)
     options.setdefault("timeout", _default_timeout(module))
     options.setdefault("limits", _default_limits(module))
     options.setdefault("follow_redirects", True)
