@@ -182,6 +182,23 @@ def library(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def answering(module: Any, asynchronous: bool, respond: Callable[[Any], Any]) -> Any:
+    """An inner transport of ``module`` (httpx2 or httpx, sync or async) answering ``respond(request)``."""
+    if asynchronous:
+
+        class AsyncServer(module.AsyncBaseTransport):  # type: ignore[misc,name-defined]
+            async def handle_async_request(self, request: Any) -> Any:
+                return respond(request)
+
+        return AsyncServer()
+
+    class Server(module.BaseTransport):  # type: ignore[misc,name-defined]
+        def handle_request(self, request: Any) -> Any:
+            return respond(request)
+
+    return Server()
+
+
 def client_class(library: str, asynchronous: bool = False) -> Any:
     module = httpx2 if library == "httpx2" else httpx
     assert module is not None

@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry
 import bgwatch
 from bgwatch._classify import STATUSES, Observation, observation_from_mapping
 
-from .conftest import LIBRARIES, client_class, response_body, sample, total, transport_class
+from .conftest import LIBRARIES, answering, client_class, response_body, sample, total, transport_class
 
 try:
     import brotli
@@ -355,23 +355,11 @@ SERVED = Served()
 def serving(library: str, asynchronous: bool, answer: Served) -> Any:
     """An inner transport answering ``answer`` from memory, its body as a stream (as from a socket)."""
     module = __import__(library)
-
-    def respond() -> Any:
-        return module.Response(answer.status, headers=answer.headers, stream=module.ByteStream(answer.body))
-
-    if asynchronous:
-
-        class AsyncServer(module.AsyncBaseTransport):  # type: ignore[misc,name-defined]
-            async def handle_async_request(self, request: Any) -> Any:
-                return respond()
-
-        return AsyncServer()
-
-    class Server(module.BaseTransport):  # type: ignore[misc,name-defined]
-        def handle_request(self, request: Any) -> Any:
-            return respond()
-
-    return Server()
+    return answering(
+        module,
+        asynchronous,
+        lambda request: module.Response(answer.status, headers=answer.headers, stream=module.ByteStream(answer.body)),
+    )
 
 
 def in_process(library: str, asynchronous: bool) -> Any:

@@ -40,7 +40,7 @@ import bgwatch
 from bgwatch._classify import Observation, observation_from_mapping
 from bgwatch._streams import LIFECYCLE_EVENTS
 
-from .conftest import LIBRARIES, client_class, transport_class
+from .conftest import LIBRARIES, answering, client_class, transport_class
 from .test_differential_bodies import KNOWN_CODES, SDK_ORDER, Recorder, sdk_view
 
 RAISE_ON = ("failed", "incomplete", "cancelled")
@@ -218,20 +218,7 @@ class Rig:
         return self.module.Response(200, headers=headers, stream=stream)
 
     def server(self) -> Any:
-        rig, module = self, self.module
-        if self.asynchronous:
-
-            class AsyncServer(module.AsyncBaseTransport):  # type: ignore[misc,name-defined]
-                async def handle_async_request(self, request: Any) -> Any:
-                    return rig.respond()
-
-            return AsyncServer()
-
-        class Server(module.BaseTransport):  # type: ignore[misc,name-defined]
-            def handle_request(self, request: Any) -> Any:
-                return rig.respond()
-
-        return Server()
+        return answering(self.module, self.asynchronous, lambda request: self.respond())
 
     def events(self, client: Any) -> tuple[list[Any], BaseException | None]:
         """What iterating ``responses.create(stream=True)`` yielded, and what it raised."""

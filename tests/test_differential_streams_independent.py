@@ -46,7 +46,7 @@ from prometheus_client import CollectorRegistry
 import bgwatch
 from bgwatch._classify import STATUSES, Observation, observation_from_mapping
 
-from .conftest import LIBRARIES, client_class, transport_class
+from .conftest import LIBRARIES, answering, client_class, transport_class
 from .test_differential_bodies import LOOP, REQUEST_ID, Recorder, sdk_view
 
 RAISE_ON = ("failed", "incomplete", "cancelled")
@@ -216,24 +216,12 @@ def server(library: str, asynchronous: bool, served: dict[str, Any]) -> Any:
             for chunk in self.chunks:
                 yield chunk
 
-    def respond() -> Any:
+    def respond(request: Any) -> Any:
         if served["loaded"]:
             return module.Response(200, headers=HEADERS, content=served["data"])
         return module.Response(200, headers=HEADERS, stream=Chunks(chunked(served["data"], served["cuts"])))
 
-    if asynchronous:
-
-        class AsyncServer(module.AsyncBaseTransport):  # type: ignore[misc,name-defined]
-            async def handle_async_request(self, request: Any) -> Any:
-                return respond()
-
-        return AsyncServer()
-
-    class Server(module.BaseTransport):  # type: ignore[misc,name-defined]
-        def handle_request(self, request: Any) -> Any:
-            return respond()
-
-    return Server()
+    return answering(module, asynchronous, respond)
 
 
 class Rig:

@@ -47,7 +47,7 @@ from bgwatch.simulator import Mix, Simulator
 from bgwatch.tracing import NOOP_CALL_SPAN
 from bgwatch.transports import Hook, raise_mode_supported
 
-from .conftest import LIBRARIES, client_class, httpx, httpx2, response_body, sample, total, transport_class
+from .conftest import LIBRARIES, answering, client_class, httpx, httpx2, response_body, sample, total, transport_class
 
 
 @pytest.fixture(autouse=True)
@@ -223,21 +223,7 @@ class Served:
         return self.module.Response(200, headers=self.headers, stream=self._stream(asynchronous), request=request)
 
     def transport(self, asynchronous: bool = False) -> Any:
-        served = self
-        module = self.module
-        if asynchronous:
-
-            class AsyncInner(module.AsyncBaseTransport):  # type: ignore[misc,name-defined]
-                async def handle_async_request(self, request: Any) -> Any:
-                    return served._response(request, True)
-
-            return AsyncInner()
-
-        class Inner(module.BaseTransport):  # type: ignore[misc,name-defined]
-            def handle_request(self, request: Any) -> Any:
-                return served._response(request, False)
-
-        return Inner()
+        return answering(self.module, asynchronous, lambda request: self._response(request, asynchronous))
 
 
 def sdk_client(
