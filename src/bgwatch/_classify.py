@@ -259,6 +259,52 @@ def observation_from_json(call: CallKind, data: Any, request_id: str | None = No
     return observation_from_mapping(call, data, request_id)
 
 
+# Timestamps an int can hold that float() turns into a float without overflow, with room.
+_PLAIN_INT_TIMESTAMP: Final = 1 << 64
+
+
+def repeat_key(data: Any) -> tuple[str, str, str | None] | None:
+    """``(id, status, model)`` of a parsed body whose other fields cannot change what a repeat poll records.
+
+    A poll of a response whose status the tracker already holds changes nothing but the poll
+    count (see :meth:`bgwatch.Watcher.record_repeat`), as long as the rest of the body is what
+    :func:`observation_from_json` would accept without asking the SDK: a plain-typed
+    ``created_at``, ``completed_at``, ``background`` (not ``false``: then it is not tracked) and
+    ``usage``. For such a body the observation holds this very id, status and model; anything
+    else returns None and is observed in full.
+    """
+    if type(data) is not dict:
+        return None
+    get = data.get
+    if get("object") != "response":
+        return None
+    response_id = get("id")
+    status = get("status")
+    if type(response_id) is not str or not response_id or len(response_id) > 256 or type(status) is not str:
+        return None
+    status = _CANONICAL_STATUS.get(status)
+    if status is None:
+        return None
+    background = get("background")
+    if background is not None and background is not True:
+        return None
+    created_at = get("created_at")
+    if type(created_at) is int and not -_PLAIN_INT_TIMESTAMP < created_at < _PLAIN_INT_TIMESTAMP:
+        return None
+    completed_at = get("completed_at")
+    if completed_at is not None and type(completed_at) is not float and type(completed_at) is not int:
+        return None
+    usage = get("usage")
+    if usage is not None and (
+        type(usage) is not dict
+        or type(usage.get("input_tokens")) is not int
+        or type(usage.get("output_tokens")) is not int
+    ):
+        return None
+    model = get("model")
+    return response_id, status, model[:256] if type(model) is str else None
+
+
 def decode_content(body: bytes, headers: Any, module: Any = None) -> bytes:
     """``body`` with its Content-Encoding undone exactly as the SDK's HTTP library does it.
 

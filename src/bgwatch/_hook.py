@@ -8,7 +8,7 @@ HTTP library (:mod:`bgwatch.transports`, :mod:`bgwatch._streams`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import openai
@@ -20,6 +20,7 @@ from ._classify import (
     decode_content,
     is_event_stream,
     observation_from_json,
+    repeat_key,
 )
 from ._sdk import version_tuple
 from ._watcher import Watcher, default_watcher
@@ -62,6 +63,17 @@ class Hook:
                 " bgwatch.raise_for_status(response)."
             )
         self.watcher = watcher if watcher is not None else default_watcher()
+
+    @property
+    def defers(self) -> bool:
+        """Whether 2xx bodies are recorded when the client parses them (observe mode, no spans).
+
+        Then the adapters read nothing: the response's own ``json()``, the call the SDK makes,
+        hands its parse to a :meth:`parsed_recorder`. Raising needs the body before the client
+        gets the response, and a call span must hold what the body said when it ends, so raise
+        mode and tracing read the body in the transport instead (the same decisions, earlier).
+        """
+        return not self.raise_on and self.watcher.tracing is None
 
     def select(self, method: str, path: str) -> CallKind | None:
         """The call kind for a request worth inspecting, else None. Never raises."""
@@ -127,6 +139,59 @@ class Hook:
 
         Returns the exception to raise, if any. Never raises.
         """
+        if span is NOOP_CALL_SPAN and call == "retrieve" and self._repeated(data):
+            return None
+        return self._observe_json(call, data, request_id, span)
+
+    def parsed_recorder(self, call: CallKind) -> Callable[[Any, Any], None]:
+        """The recorder of a deferred body (see :attr:`defers`): ``record(data, response)``.
+
+        ``data`` is what the client's ``Response.json()`` of ``response`` returned. A poll that
+        changes nothing goes the cheap way (:meth:`Watcher.record_repeat`), anything else is
+        observed in full. One closure per call kind and adapter, with its lookups done once:
+        it runs on every poll. For hooks that do not raise. Never raises.
+        """
+        watcher = self.watcher
+        record_repeat = watcher.record_repeat
+        internal_error = watcher.internal_error
+        observe = self._observe_json
+        repeats = call == "retrieve"
+
+        def record(data: Any, response: Any) -> None:
+            if repeats:
+                try:
+                    key = repeat_key(data)
+                    if key is not None and record_repeat(*key):
+                        return
+                except Exception as exc:
+                    internal_error("record", exc)
+            try:
+                request_id = response.headers.get("x-request-id")
+            except Exception as exc:
+                internal_error("classify", exc)
+                request_id = None
+            observe(call, data, request_id, NOOP_CALL_SPAN)
+
+        return record
+
+    def _repeated(self, data: Any) -> bool:
+        """Record a poll that changes nothing the cheap way (see :meth:`Watcher.record_repeat`).
+
+        False when the poll may change something, or may raise: then the caller records it
+        in full. Same counts either way; ``tests/test_repeat.py`` holds the proof.
+        """
+        try:
+            key = repeat_key(data)
+            if key is None or key[1] in self.raise_on:
+                return False
+            return self.watcher.record_repeat(*key)
+        except Exception as exc:
+            self.watcher.internal_error("record", exc)
+            return False
+
+    def _observe_json(
+        self, call: CallKind, data: Any, request_id: str | None, span: CallSpan
+    ) -> BackgroundResponseError | None:
         try:
             observation = observation_from_json(call, data, request_id)
         except Exception as exc:

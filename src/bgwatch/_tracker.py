@@ -254,6 +254,28 @@ class Tracker:
         delta = len(self._active) - before
         return Transition(False, terminal, previous, first_seen, delta, attachment, tuple(abandoned), queue)
 
+    def touch(self, response_id: str, status: str, model: str) -> bool:
+        """Refresh an id that this observation leaves as it is; False when it would change it.
+
+        True for an ended id (any status: it stays ended) and for an in-flight id seen again
+        with its status and model label (or an unknown model): exactly what :meth:`observe`
+        would do there, without the :class:`Transition`. False, changing nothing, for anything
+        else and when the TTLs are due for a look (then :meth:`observe` does it).
+        """
+        with self._lock:
+            now = self._clock()
+            if now >= self._next_expiry:
+                return False
+            entry = self._ended.get(response_id)
+            if entry is not None:
+                self._ended.put(response_id, entry, now)
+                return True
+            entry = self._active.get(response_id)
+            if entry is None or entry.status != status or model not in (UNKNOWN_MODEL, entry.model):
+                return False
+            self._active.put(response_id, entry, now)
+            return True
+
     def status_of(self, response_id: str) -> str | None:
         """The last status recorded for an id, or None when it is not tracked."""
         with self._lock:

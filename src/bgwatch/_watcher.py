@@ -197,6 +197,10 @@ class Watcher:
             all_sinks.append(self.tracing)
         all_sinks.extend(sinks)
         self._sinks: tuple[Sink, ...] = tuple(all_sinks)
+        # Sinks for record_repeat(), or () when any sink needs every observation in full.
+        self._repeats: tuple[Any, ...] = ()
+        if self._sinks and all(hasattr(sink, "repeated") for sink in self._sinks):
+            self._repeats = self._sinks
         self.capture_error_messages = capture_error_messages
         self._logged_stages: set[str] = set()
         self._log_lock = _locks.Lock()
@@ -227,6 +231,30 @@ class Watcher:
                     _tell_abandoned(sink, transition.abandoned)
             except Exception as exc:
                 self.internal_error("sink", exc)
+
+    def record_repeat(self, response_id: str, status: str, model: str | None) -> bool:
+        """Count a poll (``retrieve``) that changes nothing, if it is one; else return False.
+
+        The hot path of a polling loop: the id is tracked with this status already (or has
+        ended), so the only effect of :meth:`record` would be the poll count. Taken only when
+        every sink has a ``repeated(status)`` method (bgwatch's metric sinks; spans and custom
+        sinks get every observation through :meth:`record`). ``status`` must be one of the six
+        statuses and the arguments those of :func:`bgwatch._classify.repeat_key`. Never raises.
+        """
+        if not self._repeats:
+            return False
+        try:
+            if not self.tracker.touch(response_id, status, self._models(model)):
+                return False
+        except Exception as exc:
+            self.internal_error("record", exc)
+            return True  # a bug of ours: counted, and not recorded twice
+        for sink in self._repeats:
+            try:
+                sink.repeated(status)
+            except Exception as exc:
+                self.internal_error("sink", exc)
+        return True
 
     def sweep(self) -> None:
         """Expire ids past their TTL now: in-flight ones count as abandoned and leave the gauge.

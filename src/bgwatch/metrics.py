@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -288,6 +288,7 @@ class PrometheusSink:
         if not self._oldest_in_files:
             self.oldest_in_flight.set_function(self._oldest_age)
         self._polls: dict[str, Counter] = {}
+        self._poll_incs: dict[str, Callable[[float], None]] = {}
         self._created: dict[str, Counter] = {}
         self._zero_series()
 
@@ -296,6 +297,7 @@ class PrometheusSink:
         # poll statuses exist from the start at 0, so that rate() and increase() see the first
         # increment (a series born at 1 looks like it never moved).
         self._polls = {status: self.polls.labels(status) for status in STATUSES}
+        self._poll_incs = {status: _increment(child) for status, child in self._polls.items()}
         self._created = {}
         for stage in INTERNAL_ERROR_STAGES:  # at 0 from the start too
             self.internal_errors.labels(stage)
@@ -353,6 +355,13 @@ class PrometheusSink:
         except Exception:  # a scrape must never fail because of us
             self.internal_error("sink")
             return 0.0
+
+    def repeated(self, status: str) -> None:
+        """Record a poll that changed nothing (see :meth:`Watcher.record_repeat`): what
+        :meth:`observed` does for a ``retrieve`` whose transition changes nothing."""
+        self._poll_incs[status](1)
+        if self._oldest_in_files:
+            self.oldest_in_flight.set(self._oldest_age())
 
     def observed(
         self,
@@ -446,6 +455,19 @@ class PrometheusSink:
     def webhook_rejected(self, reason: str) -> None:
         """Count a refused webhook delivery (``reason`` is one of a fixed, bounded set)."""
         self.webhook_rejections.labels(reason).inc()
+
+
+def _increment(child: Counter) -> Callable[[float], None]:
+    """``child.inc`` without its checks, which a label child never needs (one repeat poll per call).
+
+    prometheus_client's ``Counter.inc`` checks that the counter is not a parent with labels and
+    that the amount is not negative, then increments its value object (a mutex-guarded float,
+    or the multiprocess file value). Those checks pass for a label child and ``1`` by
+    construction; going to the value object directly saves two Python frames on the hot path.
+    Falls back to ``inc`` itself if a prometheus_client release lays this out differently.
+    """
+    value_inc = getattr(getattr(child, "_value", None), "inc", None)
+    return value_inc if callable(value_inc) else child.inc
 
 
 class _SweepOnCollect:
@@ -601,6 +623,10 @@ class OTelMetricsSink:
             self.internal_error("sink")
             age = 0.0
         return (otel_metrics.Observation(age),)
+
+    def repeated(self, status: str) -> None:
+        """Record a poll that changed nothing (see :meth:`Watcher.record_repeat`)."""
+        self.polls.add(1, {"status": status})
 
     def observed(
         self,

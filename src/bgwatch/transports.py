@@ -1,16 +1,24 @@
 """Transport adapters for httpx2 (openai >= 3) and legacy httpx (openai 1.x/2.x), sync and async.
 
 The adapters know nothing about OpenAI: :class:`Hook` (library-independent) decides what to
-look at, and the classifier and watcher do the rest. A body we inspect is read once, then
-handed back to the client as a fresh response over the very same bytes and headers, so
-``elapsed``, ``request_id``, ``with_raw_response`` and ``with_streaming_response`` behave as
-without bgwatch. Server-Sent Events are never buffered.
+look at, and the classifier and watcher do the rest. Server-Sent Events are never buffered.
 
 Exact by construction, at no extra cost: the SDK reads a body with its HTTP library's
-``Response.json()``, i.e. ``json.loads`` over the content the library decoded. The adapter
-does exactly that once (the library's own decoders, the same ``json.loads``), records what it
-says, and the fresh response hands that very parse (and decoded content) to the SDK when it
-asks, so the body is parsed once per call, as without bgwatch, in whatever key order.
+``Response.json()``, i.e. ``json.loads`` over the content the library decoded. bgwatch records
+that very parse, in one of two ways:
+
+* **Deferred** (observe mode without spans, the default; :attr:`Hook.defers`): the adapter
+  reads nothing. The inner transport's own response object goes back to the client, its class
+  swapped for a same-named subclass whose ``json()`` hands the library's parse to the hook the
+  first time the client parses it. What is recorded is what the SDK parsed, when it parses it;
+  a raw response (``with_raw_response``) whose body nobody parses is not recorded, exactly as
+  the SDK has not seen it.
+* **Eager** (``raise_on``, or tracing): the exception must replace the answer, and a call
+  span must hold what the body said, so the adapter reads the body once, parses it with the
+  library's own decoders and the same ``json.loads``, records it, and hands the client a fresh
+  response over the very same bytes and headers whose ``json()`` returns that parse, so
+  ``elapsed``, ``request_id``, ``with_raw_response`` and ``with_streaming_response`` behave
+  as without bgwatch and the body is still parsed once per call, in whatever key order.
 """
 
 from __future__ import annotations
@@ -21,12 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
-from ._classify import CallKind
+from ._classify import CallKind, is_event_stream
 from ._hook import RAISE_MODE_MIN_OPENAI, Hook, encoding_and_request_id, raise_mode_supported
 from ._sdk import Library, sdk_library
 from ._streams import fresh_response, observe_stream
 from ._watcher import Watcher, default_watcher
 from .errors import ConfigurationError
+from .tracing import NOOP_CALL_SPAN
 
 try:
     import httpx2
@@ -60,7 +69,7 @@ _SHARED_CLASSES: dict[type[Any], type[Any]] = {}
 
 
 def _shared_response_class(base: type[Any]) -> type[Any]:
-    """A subclass of the library's ``Response`` that hands the SDK the adapter's parse.
+    """A subclass of the library's ``Response`` that hands the SDK the eager path's parse.
 
     ``json()`` without arguments returns, once, the object the adapter got from the same
     ``json.loads`` over the same content (later calls parse again, as usual); ``read()`` and
@@ -95,10 +104,81 @@ def _shared_response_class(base: type[Any]) -> type[Any]:
                 self._content = content
             return await super().aread()  # type: ignore[no-any-return]
 
-    SharedParseResponse.__name__ = SharedParseResponse.__qualname__ = base.__name__
-    SharedParseResponse.__module__ = base.__module__
+    _same_name(SharedParseResponse, base)
     _SHARED_CLASSES[base] = SharedParseResponse
     return SharedParseResponse
+
+
+def _deferring_response_class(base: type[Any], hook: Hook, call: CallKind) -> type[Any]:
+    """A subclass of ``base`` (the inner transport's response class) that records its body when parsed.
+
+    Its ``json()`` (what the SDK calls) returns the library's own parse; the first call without
+    arguments puts the instance back in its original class and hands that very object to the
+    hook's recorder (:meth:`Hook.parsed_recorder`), so bgwatch records exactly what the SDK
+    parsed, once, at no second parse. The recorder is a class attribute, so a response carries
+    no state of its own (writing to an instance's ``__dict__`` would slow every later attribute
+    access of the SDK on it). Around another bgwatch transport's class, both record.
+    """
+    original = getattr(base, "_bgwatch_original", base)
+    record = hook.parsed_recorder(call)
+    parse = base.json
+
+    class DeferringResponse(base):  # type: ignore[misc]
+        _bgwatch_original = original
+        _bgwatch_records = (*getattr(base, "_bgwatch_records", ()), record)
+
+        def json(self, **kwargs: Any) -> Any:
+            first = self.__class__ is not original
+            data = parse(self, **kwargs)
+            if first and not kwargs:
+                self.__class__ = original
+                record(data, self)
+            return data
+
+    _same_name(DeferringResponse, base)
+    return DeferringResponse
+
+
+def _same_name(cls: type[Any], base: type[Any]) -> None:
+    """Name ``cls`` as its base, for code and logs that print a response's type."""
+    cls.__name__ = cls.__qualname__ = base.__name__
+    cls.__module__ = base.__module__
+
+
+def _observe_deferred(response: Any, data: Any) -> None:
+    """Record for the deferring classes of an inner bgwatch transport whose answer the eager path parsed."""
+    for record in getattr(type(response), "_bgwatch_records", ()):
+        record(data, response)
+
+
+def _deferred(
+    adapter: _SyncAdapter | _AsyncAdapter, call: CallKind, response: Any, *, request: Any, asynchronous: bool
+) -> Any:
+    """The inner transport's answer, set up to be recorded when the client parses it.
+
+    Observe mode without spans (:attr:`Hook.defers`): nothing is read here. A 2xx body is
+    recorded by the response's own ``json()`` (see :func:`_deferring_response_class`), the call
+    the SDK makes, so the record is what the SDK parsed; an event stream is observed as it
+    passes, as in the eager path. The response object, its bytes and headers stay the inner
+    transport's.
+    """
+    if not 200 <= response.status_code < 300:
+        return response
+    hook = adapter.hook
+    if is_event_stream(response.headers.get("content-type")):
+        observed = observe_stream(
+            hook, call, NOOP_CALL_SPAN, response, adapter._module, request=request, asynchronous=asynchronous
+        )
+        return response if observed is None else observed
+    try:
+        key = (type(response), call)
+        cls = adapter._deferring.get(key)
+        if cls is None:
+            cls = adapter._deferring[key] = _deferring_response_class(type(response), hook, call)
+        response.__class__ = cls
+    except Exception as exc:  # a response class bgwatch cannot extend: counted, passed on unobserved
+        hook.watcher.internal_error("classify", exc)
+    return response
 
 
 def _answer(hook: Hook, call: CallKind, module: Any, *, request: Any, response: Any, raw: bytes, span: Any) -> Any:
@@ -128,6 +208,8 @@ def _answer(hook: Hook, call: CallKind, module: Any, *, request: Any, response: 
     except Exception:  # the SDK's decoding or Response.json() fails alike: it returns no Response
         return fresh, None
     fresh._bgwatch_json = data
+    if type(response) is not module.Response:
+        _observe_deferred(response, data)
     return fresh, hook.observe_json(call, data, request_id, span)
 
 
@@ -171,6 +253,7 @@ class _SyncAdapter:
 
     _module: Any
     _inner: Any
+    _deferring: dict[tuple[type[Any], CallKind], type[Any]]
     hook: Hook
 
     def _setup(
@@ -187,6 +270,7 @@ class _SyncAdapter:
         _check_inner(inner, module.BaseTransport, module.__name__, "BaseTransport")
         self._inner = inner
         self.hook = _make_hook(hook, watcher, raise_on, registry)
+        self._deferring: dict[tuple[type[Any], CallKind], type[Any]] = {}
 
     def handle_request(self, request: Any) -> Any:
         """Send through the inner transport; inspect Responses API answers on the way back."""
@@ -194,6 +278,9 @@ class _SyncAdapter:
         call = hook.select(request.method, request.url.path)
         if call is None:
             return self._inner.handle_request(request)
+        if hook.defers:
+            response = self._inner.handle_request(request)
+            return _deferred(self, call, response, request=request, asynchronous=False)
         span = hook.start_span(call, request)
         try:
             with span.activate():
@@ -238,6 +325,7 @@ class _AsyncAdapter:
 
     _module: Any
     _inner: Any
+    _deferring: dict[tuple[type[Any], CallKind], type[Any]]
     hook: Hook
 
     def _setup(
@@ -254,6 +342,7 @@ class _AsyncAdapter:
         _check_inner(inner, module.AsyncBaseTransport, module.__name__, "AsyncBaseTransport")
         self._inner = inner
         self.hook = _make_hook(hook, watcher, raise_on, registry)
+        self._deferring: dict[tuple[type[Any], CallKind], type[Any]] = {}
 
     async def handle_async_request(self, request: Any) -> Any:
         """Send through the inner transport; inspect Responses API answers on the way back."""
@@ -261,6 +350,9 @@ class _AsyncAdapter:
         call = hook.select(request.method, request.url.path)
         if call is None:
             return await self._inner.handle_async_request(request)
+        if hook.defers:
+            response = await self._inner.handle_async_request(request)
+            return _deferred(self, call, response, request=request, asynchronous=True)
         span = hook.start_span(call, request)
         try:
             with span.activate():
