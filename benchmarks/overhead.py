@@ -10,7 +10,10 @@ same server class with the same bytes; only the layer under test differs:
 
 * ``bare``: ``Client(transport=server)``, the baseline of every ratio;
 * ``bgwatch``: ``Client(transport=bgwatch.Httpx2Transport(server, watcher=...))``, metrics
-  into a private Prometheus registry (the default configuration, tracing off);
+  into a private Prometheus registry (the default configuration, tracing off: bodies are
+  recorded when the SDK parses them);
+* ``bgwatch-raise``: the same with ``raise_on=("failed",)`` (the bodies here never fail), where
+  the transport reads and parses each body itself;
 * ``floor``: a do-nothing wrapper transport (what any wrapper at all costs);
 * ``rewrap``: a wrapper that reads the body and hands back a fresh response over it,
   parsing nothing (the least a body-reading wrapper can do);
@@ -342,13 +345,15 @@ def sdk_client(http_client: Any, asynchronous: bool) -> Any:
     return cls(api_key="sk-benchmark", base_url="https://api.bench.test/v1", http_client=http_client, max_retries=0)
 
 
-def bgwatch_transport(module: Any, inner: Any, watcher: bgwatch.Watcher, asynchronous: bool) -> Any:
+def bgwatch_transport(
+    module: Any, inner: Any, watcher: bgwatch.Watcher, asynchronous: bool, raise_on: tuple[str, ...] = ()
+) -> Any:
     """The bgwatch transport of ``module`` around ``inner``."""
     if module is httpx2:
         cls = bgwatch.AsyncHttpx2Transport if asynchronous else bgwatch.Httpx2Transport
     else:
         cls = bgwatch.AsyncHttpxTransport if asynchronous else bgwatch.HttpxTransport
-    return cls(inner, watcher=watcher)
+    return cls(inner, watcher=watcher, raise_on=raise_on)
 
 
 def build_client(
@@ -359,6 +364,8 @@ def build_client(
     transport = server(module, answer, asynchronous=asynchronous)
     if layer == "bgwatch":
         transport = bgwatch_transport(module, transport, watcher or fresh_watcher(), asynchronous)
+    elif layer == "bgwatch-raise":  # raise mode: the transport reads and parses the body itself
+        transport = bgwatch_transport(module, transport, watcher or fresh_watcher(), asynchronous, ("failed",))
     elif layer == "naive":
         transport = naive_wrapper(module, transport, asynchronous=asynchronous)
     elif layer == "floor":
@@ -622,7 +629,7 @@ def bench_responses(settings: Settings, library: str, aio: AsyncRunner) -> None:
             body = encode_in_order(response_document(RESPONSE_ID, "completed", size), order)
             for asynchronous in (False, True) if order != "sorted" else (False,):
                 variants = []
-                for layer in ("bare", "bgwatch", "floor", "rewrap", "naive"):
+                for layer in ("bare", "bgwatch", "bgwatch-raise", "floor", "rewrap", "naive"):
                     client = build_client(library, layer, lambda body=body: body, asynchronous=asynchronous)
                     call = lambda client=client: client.responses.retrieve(RESPONSE_ID)  # noqa: E731
                     run = aio.runner(call) if asynchronous else sync_runner(call)
