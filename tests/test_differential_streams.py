@@ -466,3 +466,28 @@ def test_regression_a_loaded_event_stream_is_observed(library: str) -> None:
 def test_regression_a_byte_order_mark_hides_the_first_event_from_the_sdk(library: str) -> None:
     raw = f"\ufeffdata: {failed_event()}\n\ndata: {failed_event('rate_limit_exceeded')}\n\n".encode()
     assert failed_codes(one_stream(library, raw)) == [("rate_limit_exceeded", "gpt-4.1")]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_crlf_split_where_openai_2_ended_a_block(library: str) -> None:
+    # openai 2.x yields its buffer at "\r\r" and splits each block into lines on its own, so
+    # the LF starting the next chunk is one more blank line: after "id: 1" it dispatches an
+    # empty event, which the SDK fails to parse; it never yields the failed response.
+    # openai 3.x reads "\r" + "\n" as one CRLF and yields it.
+    created = json.loads(failed_event())
+    created.update(type="response.created", sequence_number=0)
+    created["response"].update(status="queued", error=None)
+    first = f"id: 1\ndata: {json.dumps(created)}\r\r".encode()
+    raw = first + f"\ndata: {failed_event()}\n\n".encode()
+    rig = one_stream(library, raw, cuts=[len(first)])
+    events, exc = rig.events(rig.bare)
+    assert [event.type for event in events][:1] == ["response.created"]
+    if openai.__version__.startswith("2."):
+        assert [event.type for event in events] == ["response.created"]
+        assert isinstance(exc, json.JSONDecodeError)
+        assert failed_codes(rig) == []
+    else:
+        assert [event.type for event in events] == ["response.created", "response.failed"]
+        assert exc is None
+        assert failed_codes(rig) == [("server_error", "gpt-4.1")]
+    assert [o.status for o in rig.observed] == ["queued", *(["failed"] if events[1:] else [])]
