@@ -7,8 +7,10 @@ error codes, ``type`` given twice or with unicode escapes), text deltas, ``error
 both shapes, data that is no JSON, empty data, ``[DONE]`` with events after it, missing,
 matching, mismatched and trailing-space ``event:`` lines, ``id:``, valid and invalid
 ``retry:``, comments, multi-line data, a byte order mark, invalid UTF-8, LF, CRLF or CR line
-endings, and an unterminated last event; each is cut into chunks at random places and served
-either as a stream or as a body the inner transport already loaded. For every stream:
+endings or all mixed (with ``\r\r\n`` and a persisting ``id:``), and an unterminated last
+event; each is cut into chunks at random places, often inside a CRLF (where openai 2.x may read
+two line endings), and served either as a stream or as a body the inner transport already
+loaded. For every stream:
 
 * the events the bgwatch clients' SDK yielded, and what it raised, are exactly the bare one's
   (the raising client: up to the first event whose status ``raise_on`` names, then the typed
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
@@ -42,6 +45,7 @@ from bgwatch._streams import LIFECYCLE_EVENTS
 
 from .conftest import LIBRARIES, answering, client_class, transport_class
 from .test_differential_bodies import KNOWN_CODES, SDK_ORDER, Recorder, sdk_view
+from .test_differential_streams_independent import SDK_2, mixed_endings
 
 RAISE_ON = ("failed", "incomplete", "cancelled")
 REQUEST_ID = "req_stream_differential"
@@ -153,8 +157,8 @@ def event_bytes(rng: random.Random, kind: str | None, text: str, newline: str) -
         lines.append(f"event: {kind} ")  # a trailing space
     elif name_roll < 0.67:
         lines.append("event: thread.message.delta")
-    if rng.random() < 0.05:
-        lines.append(rng.choice(["id: 7", "id:", "retry: 1000", "retry: soon"]))
+    if rng.random() < 0.1:
+        lines.append(rng.choice(["id: 7", "id: 7", "id:", "retry: 1000", "retry: soon"]))
     data_lines = text.split("\n") if text else [""]
     lines.extend(("data: " if rng.random() < 0.9 else "data:") + line for line in data_lines)
     return newline.join(lines) + newline
@@ -164,14 +168,19 @@ def event_bytes(rng: random.Random, kind: str | None, text: str, newline: str) -
 def streams(draw: Any) -> tuple[bytes, list[int], bool]:
     """(stream bytes, chunk cut points, served as a loaded body)."""
     rng = random.Random(draw(st.integers(0, 2**32)))
-    newline = rng.choice(["\n", "\n", "\r\n", "\r"])
+    mixed = rng.random() < 0.2  # every line ending drawn on its own: "\r\r\n", "\n\r", ...
+    newline = "\n" if mixed else rng.choice(["\n", "\n", "\r\n", "\r"])
     text = "\ufeff" if rng.random() < 0.03 else ""
+    if mixed and rng.random() < 0.5:
+        text += "id: 1\n"  # persists: an extra blank line (see the cuts below) then dispatches
     for sequence in range(rng.randint(0, 7)):
         kind, data = event_data(rng, sequence)
         text += event_bytes(rng, kind, data, newline) + newline
     if rng.random() < 0.2:  # a last event with no blank line after it: the SDK never yields it
         kind, data = event_data(rng, 99)
         text += event_bytes(rng, kind, data, newline).rstrip("\r\n")
+    if mixed:
+        text = re.sub("\n", lambda _: rng.choice(["\n", "\r\n", "\r", "\r"]), text)
     raw = text.encode("utf-8")
     if rng.random() < 0.03 and raw:
         at = rng.randrange(len(raw))
@@ -180,6 +189,11 @@ def streams(draw: Any) -> tuple[bytes, list[int], bool]:
         cuts = list(range(1, len(raw)))  # byte by byte
     else:
         cuts = sorted(rng.sample(range(1, max(2, len(raw))), min(max(0, len(raw) - 1), rng.randint(0, 8))))
+    if rng.random() < 0.3:  # inside CRLFs too: openai 2.x may read the halves as two (see _sse),
+        # above all in "\r\r\n", where it does when the first CR ends a line of text
+        inside = [match.end() - 1 for match in re.finditer(b"\r\r?\n", raw)]
+        doubled = [match.end() - 1 for match in re.finditer(b"\r\r\n", raw)]
+        cuts = sorted({*cuts, *rng.sample(doubled or inside, min(len(doubled or inside), rng.randint(1, 6)))})
     return raw, cuts, rng.random() < 0.3
 
 
@@ -323,7 +337,12 @@ def check(rig: Rig) -> None:
         assert dumped(raised) == dumped(bare)
         assert failure(raised_exc) == failure(bare_exc)
         return
-    assert dumped(raised) == dumped(bare[: _position_of(bare, expected[first])])
+    before = dumped(bare[: _position_of(bare, expected[first])])
+    if SDK_2 and mixed_endings(rig.served[0]):
+        # openai 2.x may still hold the events before the failing one (see _streams, raise_on).
+        assert dumped(raised) == before[: len(raised)]
+    else:
+        assert dumped(raised) == before
     assert isinstance(raised_exc, bgwatch.BackgroundResponseError)
     assert raised_exc.status == expected[first].status
     assert raised_exc.response_id == expected[first].response_id
@@ -466,3 +485,28 @@ def test_regression_a_loaded_event_stream_is_observed(library: str) -> None:
 def test_regression_a_byte_order_mark_hides_the_first_event_from_the_sdk(library: str) -> None:
     raw = f"\ufeffdata: {failed_event()}\n\ndata: {failed_event('rate_limit_exceeded')}\n\n".encode()
     assert failed_codes(one_stream(library, raw)) == [("rate_limit_exceeded", "gpt-4.1")]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_crlf_split_where_openai_2_ended_a_block(library: str) -> None:
+    # openai 2.x yields its buffer at "\r\r" and splits each block into lines on its own, so
+    # the LF starting the next chunk is one more blank line: after "id: 1" it dispatches an
+    # empty event, which the SDK fails to parse; it never yields the failed response.
+    # openai 3.x reads "\r" + "\n" as one CRLF and yields it.
+    created = json.loads(failed_event())
+    created.update(type="response.created", sequence_number=0)
+    created["response"].update(status="queued", error=None)
+    first = f"id: 1\ndata: {json.dumps(created)}\r\r".encode()
+    raw = first + f"\ndata: {failed_event()}\n\n".encode()
+    rig = one_stream(library, raw, cuts=[len(first)])
+    events, exc = rig.events(rig.bare)
+    assert [event.type for event in events][:1] == ["response.created"]
+    if openai.__version__.startswith("2."):
+        assert [event.type for event in events] == ["response.created"]
+        assert isinstance(exc, json.JSONDecodeError)
+        assert failed_codes(rig) == []
+    else:
+        assert [event.type for event in events] == ["response.created", "response.failed"]
+        assert exc is None
+        assert failed_codes(rig) == [("server_error", "gpt-4.1")]
+    assert [o.status for o in rig.observed] == ["queued", *(["failed"] if events[1:] else [])]

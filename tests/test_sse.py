@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bgwatch._sse import SSEEvent, SSEParser
+from bgwatch._sse import _WINDOW, SSEEvent, SSEParser
 
 BOM = b"\xef\xbb\xbf"
 
@@ -167,6 +167,47 @@ def test_cr_then_cr_lf_is_two_line_endings() -> None:
 def test_lone_lf_after_split_cr_chunk_without_other_cr() -> None:
     # The second chunk has no CR at all: the fast path must still skip its LF.
     assert parse([b"data: a\r", b"\ndata: b\n\n"]) == [ev("a\nb")]
+
+
+def sdk_parse(chunks: Iterable[bytes], *, split_crlf: bool) -> list[SSEEvent]:
+    """What an ``sdk_compatible`` parser dispatches for ``chunks`` (close() adds nothing there)."""
+    parser = SSEParser(sdk_compatible=True, split_crlf_after_block=split_crlf)
+    events = [event for chunk in chunks for event in parser.feed(chunk)]
+    assert parser.close() == []
+    return events
+
+
+def test_split_crlf_after_block_reads_two_line_endings_only_where_openai_2_ended_a_block() -> None:
+    # "\r\r" ends a block of openai 2.x at the chunk end: the next LF is an extra blank line,
+    # which dispatches an empty event because the last event ID is not empty.
+    chunks = [b"id: 1\ndata: a\r\r", b"\ndata: b\n\n"]
+    assert sdk_parse(chunks, split_crlf=True) == [ev("a", id="1"), ev("", id="1"), ev("b", id="1")]
+    assert sdk_parse(chunks, split_crlf=False) == [ev("a", id="1"), ev("b", id="1")]
+    # Without an ID the extra blank line dispatches nothing.
+    assert sdk_parse([b"data: a\r\r", b"\ndata: b\n\n"], split_crlf=True) == [ev("a"), ev("b")]
+    # One CR after text, or three, leave a CR unpaired (no block ended there): one CRLF.
+    for ending in (b"\r", b"\r\r\r"):
+        expected = sdk_parse([b"id: 1\ndata: a" + ending + b"\ndata: b\n\n"], split_crlf=False)
+        assert sdk_parse([b"id: 1\ndata: a" + ending, b"\ndata: b\n\n"], split_crlf=True) == expected
+    # A chunk of CRs only carries the state on (expected data as openai 2.54 dispatches it).
+    for chunks, expected in [
+        ([b"data: a\r", b"\r", b"\n"], ["a", ""]),  # "a\r" | "\r" ends a block
+        ([b"data: a\r\r", b"\r", b"\n"], ["a", ""]),  # "a\r\r" | "\r" leaves one unpaired
+        ([b"data: a\r\r", b"\r", b"\r", b"\n"], ["a", "", "", ""]),
+        ([b"data: a\n\r", b"\r", b"\n"], ["a", "", ""]),
+    ]:
+        got = sdk_parse([b"id: 1\n", *chunks, b"data: b\n\n"], split_crlf=True)
+        assert [event.data for event in got] == [*expected, "b"], chunks
+    # A CR at a window edge inside one big chunk is never split from its LF.
+    head = b"id: 1\ndata: a\r:"
+    big = head + b"y" * (_WINDOW - len(head) - 2) + b"\r\r" + b"\ndata: b\n\n"
+    assert big[_WINDOW - 1 : _WINDOW + 1] == b"\r\n"
+    assert sdk_parse([big], split_crlf=True) == [ev("a", id="1"), ev("b", id="1")]
+
+
+def test_split_crlf_after_block_needs_sdk_compatible() -> None:
+    with pytest.raises(ValueError, match="sdk_compatible"):
+        SSEParser(split_crlf_after_block=True)
 
 
 def test_comments_ignored() -> None:
@@ -688,3 +729,72 @@ def test_arbitrary_bytes_never_raise_and_memory_stays_bounded(
     for byte in bytewise(b"".join(chunks)):
         parser.feed(byte)
         assert parser.buffered_bytes <= bound
+
+
+# -- the installed openai SDK's decoder as the oracle (sdk_compatible) --------------------------
+
+# Valid UTF-8 only (the SDK raises at a line that is not), rich in line breaks and in the
+# fields that make a blank line dispatch, so that chunk ends fall among runs of CRs.
+SDK_TOKENS = [
+    b"\r",
+    b"\r",
+    b"\r\r",
+    b"\n",
+    b"\r\n",
+    b"\r\r\n",
+    b"\n\r",
+    b"id: 1",
+    b"id:",
+    b"id",
+    b"data: x",
+    b"data:",
+    b"data",
+    b"event: e",
+    b"event:",
+    b"retry: 5",
+    b"retry: x",
+    b": c",
+    b"x",
+    BOM,
+    "é".encode(),
+]
+SDK_SOUP = st.lists(st.sampled_from(SDK_TOKENS), max_size=40).map(b"".join)
+
+
+@st.composite
+def cr_biased_cuts(draw: st.DrawFn, raw: bytes) -> list[int]:
+    """Cut points, mostly right after a CR (where openai 2.x's decoder may split a CRLF)."""
+    after_cr = [i + 1 for i, byte in enumerate(raw) if byte == 0x0D]
+    cuts = draw(st.lists(st.sampled_from(after_cr), max_size=6)) if after_cr else []
+    return cuts + draw(st.lists(st.integers(0, len(raw)), max_size=3))
+
+
+def openai_2_decoder() -> bool:
+    """Whether the installed SDK's decoder is openai 2.x's block-wise one (read from the class)."""
+    from openai._streaming import SSEDecoder
+
+    return hasattr(SSEDecoder, "_iter_chunks")
+
+
+def test_streams_module_asks_the_sdk_which_decoder_it_has() -> None:
+    from bgwatch._streams import SPLIT_CRLF_AFTER_BLOCK
+
+    assert SPLIT_CRLF_AFTER_BLOCK is openai_2_decoder()
+
+
+@pytest.mark.parametrize("split_crlf", [False, True], ids=["openai-3-decoder", "openai-2-decoder"])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=SDK_SOUP, data=st.data())
+def test_sdk_compatible_matches_the_installed_sdk_decoder(split_crlf: bool, raw: bytes, data: st.DataObject) -> None:
+    """The parser in the installed SDK's mode dispatches what ``SSEDecoder.iter_bytes`` does.
+
+    Each mode runs only where it is the installed decoder's: openai 2.x's for ``split_crlf``.
+    """
+    if split_crlf != openai_2_decoder():
+        pytest.skip("the installed openai has the other decoder")
+    from openai._streaming import SSEDecoder
+
+    chunks = [chunk for chunk in split_at(raw, data.draw(cr_biased_cuts(raw))) if chunk]
+    expected = [(sse.event, sse.data, sse.id or None) for sse in SSEDecoder().iter_bytes(iter(chunks))]
+    got = [(event.event, event.data, event.id) for event in sdk_parse(chunks, split_crlf=split_crlf)]
+    assert got == expected

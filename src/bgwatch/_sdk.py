@@ -30,3 +30,19 @@ def sdk_http_module() -> Any:
     import httpx
 
     return httpx
+
+
+def sdk_splits_crlf_after_block() -> bool:
+    """Whether the installed SDK's SSE decoder reads a CR ending one of its event blocks and an
+    LF starting the next network chunk as two line endings (openai 2.x; 3.x reads one CRLF).
+
+    Asked of the decoder itself, not of a version number: ``id: 1``, a blank line ended by
+    ``\r\r``, then ``\n`` in a chunk of its own dispatch a second (empty) event only there.
+    Should the probe ever fail, the 2.x decoder is recognised by its ``_iter_chunks``.
+    """
+    from openai._streaming import SSEDecoder
+
+    try:
+        return len(list(SSEDecoder().iter_bytes(iter([b"id: 1\r\r", b"\n"])))) == 2
+    except Exception:
+        return hasattr(SSEDecoder, "_iter_chunks")

@@ -25,6 +25,23 @@ event is dispatched at a blank line when it has data, an event type, a valid ``r
 non-empty last event ID (an event with no data line then carries ``""``, which the SDK fails
 to parse as JSON), and a last event with no blank line after it is never dispatched.
 
+``split_crlf_after_block=True`` (with ``sdk_compatible``) adds the one chunk-boundary case
+in which openai 2.x's decoder departs from that: it gathers the lines of the network chunks
+into blocks, yields a block as soon as it ends in ``\r\r``, ``\n\n`` or ``\r\n\r\n``,
+and splits each block into lines on its own. So when a block ends in a CR that ends a network
+chunk and the next chunk starts with LF, that CR and LF are two line endings: the LF ends an
+extra blank line, which dispatches an event with data ``""`` after a non-empty ``id:``
+(openai 3.x, the spec and this parser otherwise read one CRLF). Inside one network chunk a
+CRLF is never split (``splitlines`` keeps it whole), so only chunk ends decide, by parity.
+Say the 2.x buffer holds an *unpaired CR* when it ends in a CR that did not end a block. A CR
+ending a line of text leaves one unpaired; a bare CR (a blank line) ends a block if one was
+unpaired, and is left unpaired itself otherwise. Hence, for a chunk ending in a run of ``k``
+CRs: if the chunk holds other bytes, a CR is left unpaired iff ``k`` is odd (whether the bytes
+before the run end in LF or not); if it holds only CRs, iff the previous chunk left one
+unpaired xor ``k`` is odd; and a chunk not ending in CR leaves none. The chunk ended a block
+at its last CR iff it ends in CR and leaves none unpaired. The cost is one ``rstrip`` per
+chunk that ends in CR, nothing for the others.
+
 Line splitting works on bytes: CR, LF and ``:`` are ASCII, and UTF-8
 decoding with ``errors="replace"`` never swallows an ASCII byte, so splitting
 before decoding gives the same result as the spec's decode-then-split.
@@ -92,8 +109,9 @@ class SSEParser:
     """Incremental Server-Sent Events parser for one stream, in O(1) memory.
 
     Feed it the stream's bytes in chunks of any size and split anywhere: the
-    events returned do not depend on where the chunk boundaries fall. Call
-    :meth:`close` once at end of stream.
+    events returned do not depend on where the chunk boundaries fall (except
+    with ``split_crlf_after_block``, which copies a decoder for which they do).
+    Call :meth:`close` once at end of stream.
 
     Memory held between calls is bounded by :attr:`max_buffered_bytes`
     (plus per-object overhead), however long the stream or any line in it.
@@ -123,11 +141,18 @@ class SSEParser:
         "_mode",
         "_retry_set",
         "_sdk",
+        "_split_crlf",
         "_truncated",
+        "_unpaired_cr",
     )
 
     def __init__(
-        self, *, max_data_bytes: int = 65536, max_line_bytes: int = 4096, sdk_compatible: bool = False
+        self,
+        *,
+        max_data_bytes: int = 65536,
+        max_line_bytes: int = 4096,
+        sdk_compatible: bool = False,
+        split_crlf_after_block: bool = False,
     ) -> None:
         """Create a parser for one stream.
 
@@ -140,12 +165,18 @@ class SSEParser:
                 are never buffered, so they have no line limit.
             sdk_compatible: dispatch what the openai SDK's decoder dispatches (see the module
                 docstring) instead of what the spec says.
+            split_crlf_after_block: with ``sdk_compatible``, read a CR that ends one of openai
+                2.x's event blocks at the end of a chunk and an LF starting the next chunk as
+                two line endings, as that decoder does (see the module docstring).
 
         Raises:
-            ValueError: If a limit is negative.
+            ValueError: If a limit is negative, or ``split_crlf_after_block`` is given
+                without ``sdk_compatible``.
         """
         if max_data_bytes < 0 or max_line_bytes < 0:
             raise ValueError("max_data_bytes and max_line_bytes must be >= 0")
+        if split_crlf_after_block and not sdk_compatible:
+            raise ValueError("split_crlf_after_block emulates the openai SDK: it needs sdk_compatible")
         self._max_data = max_data_bytes
         self._max_line = max_line_bytes
         self._sdk = sdk_compatible
@@ -154,6 +185,8 @@ class SSEParser:
         self._at_start = not sdk_compatible  # the first bytes may be a BOM, possibly split across chunks
         self._head = b""  # first bytes of the stream while they are still a BOM prefix
         self._cr_pending = False  # last chunk ended in CR: a leading LF finishes that CRLF
+        self._split_crlf = split_crlf_after_block
+        self._unpaired_cr = False  # openai 2.x's block buffer ends in an unpaired CR (split mode)
         self._closed = False
         # Current line state (see the _HEAD.._SKIP constants).
         self._mode = _HEAD
@@ -201,12 +234,23 @@ class SSEParser:
         events: list[SSEEvent] = []
         if self._closed or not chunk:
             return events
+        if self._split_crlf:
+            self._track_blocks(chunk)
         if len(chunk) <= _WINDOW:
             self._feed(chunk, events)
         else:
             for start in range(0, len(chunk), _WINDOW):
                 self._feed(chunk[start : start + _WINDOW], events)
         return events
+
+    @property
+    def crlf_pending(self) -> bool:
+        """Whether an LF starting the next chunk would be the second half of a CRLF.
+
+        True when the last chunk ended in CR, unless ``split_crlf_after_block`` says that
+        openai 2.x ended a block at that CR (then such an LF ends a line of its own).
+        """
+        return self._cr_pending and not (self._split_crlf and not self._unpaired_cr)
 
     def close(self) -> list[SSEEvent]:
         """Signal the end of the stream and flush what it left pending.
@@ -235,6 +279,22 @@ class SSEParser:
         return events
 
     # -- internals -------------------------------------------------------------
+
+    def _track_blocks(self, chunk: bytes) -> None:
+        """Follow openai 2.x's block buffer over one non-empty network chunk (split mode).
+
+        If the last chunk ended a block at its final CR, an LF starting this chunk is a line
+        ending of its own: forget the pending CR. Then the parity rule of the module docstring
+        says whether this chunk leaves an unpaired CR at the end of the buffer.
+        """
+        if self._cr_pending and not self._unpaired_cr and chunk[0] == _LF:
+            self._cr_pending = False
+        if chunk[-1] != _CR:
+            self._unpaired_cr = False
+            return
+        run = len(chunk) - len(chunk.rstrip(b"\r"))
+        odd = run % 2 == 1
+        self._unpaired_cr = odd if run < len(chunk) else self._unpaired_cr != odd
 
     def _feed(self, chunk: bytes, events: list[SSEEvent]) -> None:
         """Parse one non-empty chunk, appending completed events to ``events``."""

@@ -12,7 +12,12 @@ Exactly what the SDK yields
     decoder dispatches (a byte order mark is not stripped, an event with only ``event:``,
     ``id:`` or ``retry:`` is dispatched with empty data, an unterminated last event never is),
     and every event's data is read as the SDK reads it: ``json.loads``, the type from
-    ``data.type`` whatever the ``event:`` line says (or whether there is one). Where the SDK
+    ``data.type`` whatever the ``event:`` line says (or whether there is one). With openai 2.x
+    the parser also reads as two line endings a CRLF split across two network chunks right
+    where that decoder ended one of its event blocks, as it does (the LF ends an extra blank
+    line, which after a non-empty ``id:`` dispatches an empty event that the SDK fails to
+    parse); whether the installed decoder does that is asked of it once
+    (:data:`SPLIT_CRLF_AFTER_BLOCK`), not read from its version. Where the SDK
     stops (data starting with ``[DONE]``, data that is not JSON, data whose ``error`` member is
     truthy, for which it raises ``APIError``, a line that is not UTF-8), the observer stops
     too: nothing after it counts. ``tests/test_differential_streams.py`` holds the proof.
@@ -98,6 +103,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from ._classify import CallKind, Observation, observation_from_mapping
+from ._sdk import sdk_splits_crlf_after_block
 from ._sse import SSEEvent, SSEParser
 from .errors import BackgroundResponseError
 from .tracing import CallSpan
@@ -136,6 +142,9 @@ def _lifecycle_events() -> frozenset[str]:
 
 
 LIFECYCLE_EVENTS: Final = _lifecycle_events()
+SPLIT_CRLF_AFTER_BLOCK: Final = sdk_splits_crlf_after_block()
+"""Whether the installed SDK's decoder is openai 2.x's, which may read a CRLF split across two
+network chunks as two line endings (see :mod:`bgwatch._sse`); decided once, by asking it."""
 
 # Locating where the parser dispatched an event inside a chunk (raise mode, once per stream):
 # an event is dispatched at a blank line, a line ending right after another line ending.
@@ -217,7 +226,10 @@ class StreamObserver:
         self._error_for: str | None = None
         self._decoder: _Decoder | None = _Decoder.for_encoding(headers.get("content-encoding"))
         self._parser: SSEParser | None = SSEParser(
-            max_data_bytes=MAX_EVENT_DATA, max_line_bytes=MAX_EVENT_DATA, sdk_compatible=True
+            max_data_bytes=MAX_EVENT_DATA,
+            max_line_bytes=MAX_EVENT_DATA,
+            sdk_compatible=True,
+            split_crlf_after_block=SPLIT_CRLF_AFTER_BLOCK,
         )
         # The SDK decodes every line as strict UTF-8 and stops at the first that is not.
         self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
@@ -241,6 +253,9 @@ class StreamObserver:
             decoder = self._decoder
             before = decoder.copy() if decoder is not None and self._raise else None
             data = decoder.decode(chunk) if decoder is not None else chunk
+            # The byte before this chunk, for _cut: a CR whose LF partner would not join it
+            # (openai 2.x ended a block there) counts as a plain line ending.
+            previous = self._last if self._last != _CR or parser.crlf_pending else _LF
             invalid_line = self._invalid_utf8_line(data)
             if invalid_line is not None:
                 data = data[:invalid_line]  # the SDK stops at the line that is not UTF-8
@@ -251,7 +266,7 @@ class StreamObserver:
                 error = self._on_event(event)
                 if error is not None:
                     self._parser = self._decoder = None  # the stream ends here for the caller
-                    return self._cut(chunk, data, before, index, len(events)), error
+                    return self._cut(chunk, data, before, index, len(events), previous=previous), error
                 if self._halt:
                     break
             if self._halt or invalid_line is not None:
@@ -296,15 +311,16 @@ class StreamObserver:
 
     # -- internals -------------------------------------------------------------------
 
-    def _cut(self, chunk: bytes, data: bytes, before: Any, index: int, count: int) -> int:
+    def _cut(self, chunk: bytes, data: bytes, before: Any, index: int, count: int, *, previous: int) -> int:
         """How much of ``chunk`` holds the ``index`` events before the raising one, and not it.
 
         ``data`` is the chunk decoded (``chunk`` itself unless ``before``, the decompressor's
-        state before the chunk, is given), from which the parser dispatched ``count`` events.
+        state before the chunk, is given), from which the parser dispatched ``count`` events;
+        ``previous`` is the byte before it (see :func:`_dispatch_spans`).
         """
         if index == 0 and before is None:
             return 0  # every earlier event was completed by an earlier chunk, already passed on
-        spans = _dispatch_spans(data, count, self._last)
+        spans = _dispatch_spans(data, count, previous)
         if spans is None:  # cannot happen; if it does, lose no event: pass the chunk, then raise
             self._hook.watcher.internal_error("stream", RuntimeError("event boundaries not found"))
             return len(chunk)
@@ -411,7 +427,8 @@ class StreamObserver:
 def _dispatch_spans(data: bytes, count: int, previous: int) -> list[tuple[int, int]] | None:
     """The line-break runs of ``data`` in which the parser dispatched its ``count`` events.
 
-    ``previous`` is the stream's byte before ``data`` (LF at the start of the stream). A run
+    ``previous`` is the stream's byte before ``data`` (LF at the start of the stream, and LF
+    for a CR that an LF starting ``data`` does not join, see ``SSEParser.crlf_pending``). A run
     holding a blank line dispatches an event (at that blank line; a run holds at most one
     dispatch, as no data line comes between its blank lines) when a data line came since the
     last blank line. For every such run but the first, that is decided by ``data`` alone; the
