@@ -69,7 +69,14 @@ def known_incomplete_reasons() -> tuple[str, ...]:
 
 
 class Sink(Protocol):
-    """Where a watcher sends what it saw. Labels arrive already bounded."""
+    """Where a watcher sends what it saw. Labels arrive already bounded.
+
+    A sink may also have ``repeated(status: str) -> None``: a poll (``retrieve``) that changed
+    nothing (the response is tracked with this status already, or has ended), which must do
+    what :meth:`observed` does for such a poll (bgwatch's metric sinks count it). Only when
+    every sink of a watcher has it do such polls skip building the :class:`Observation` and
+    :class:`Transition` (:meth:`Watcher.record_repeat`); a sink without it gets them all.
+    """
 
     def observed(
         self,
