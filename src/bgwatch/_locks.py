@@ -67,10 +67,12 @@ class Lock:
     (see :func:`unregistered_lock`) a plain lock is cheaper.
     """
 
-    __slots__ = ("__weakref__", "_inner", "_rank")
+    __slots__ = ("__weakref__", "_rank", "inner")
 
     def __init__(self) -> None:
-        self._inner: Any = self._new()
+        self.inner: Any = self._new()
+        """The current ``threading`` lock: ``with lock.inner:`` is ``with lock:`` without two Python
+        calls, for the hottest paths. Renewed in a forked child: read it at each use, never keep it."""
         with _registry.lock:
             self._rank = next(_registry.ranks)
             _registry.locks.add(self)
@@ -80,13 +82,13 @@ class Lock:
         return threading.Lock()
 
     def __enter__(self) -> bool:
-        return bool(self._inner.acquire())
+        return bool(self.inner.acquire())
 
     def __exit__(self, *exc_info: object) -> None:
-        self._inner.release()
+        self.inner.release()
 
     def _renew(self) -> None:
-        self._inner = self._new()
+        self.inner = self._new()
 
 
 class Condition(Lock):
@@ -100,11 +102,11 @@ class Condition(Lock):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Release the lock, wait for a notification or ``timeout``, re-acquire (as threading's)."""
-        return bool(self._inner.wait(timeout))
+        return bool(self.inner.wait(timeout))
 
     def notify_all(self) -> None:
         """Wake every waiter (call with the lock held)."""
-        self._inner.notify_all()
+        self.inner.notify_all()
 
 
 def unregistered_lock() -> threading.Lock:
@@ -135,7 +137,7 @@ def _before_fork() -> None:
         locks = sorted(_registry.locks, key=lambda lock: lock._rank)
     held: list[Lock] = []
     for lock in locks:
-        if lock._inner.acquire(timeout=FORK_ACQUIRE_TIMEOUT):
+        if lock.inner.acquire(timeout=FORK_ACQUIRE_TIMEOUT):
             held.append(lock)
     _registry.lock.acquire()
     _registry.held_for_fork = held
@@ -145,7 +147,7 @@ def _after_fork_in_parent() -> None:
     held, _registry.held_for_fork = _registry.held_for_fork, []
     _registry.lock.release()
     for lock in held:
-        lock._inner.release()
+        lock.inner.release()
 
 
 def _after_fork_in_child() -> None:

@@ -262,7 +262,7 @@ class Tracker:
         would do there, without the :class:`Transition`. False, changing nothing, for anything
         else and when the TTLs are due for a look (then :meth:`observe` does it).
         """
-        with self._lock:
+        with self._lock.inner:  # the hot path of every repeat poll
             now = self._clock()
             if now >= self._next_expiry:
                 return False

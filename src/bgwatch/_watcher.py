@@ -208,6 +208,17 @@ class Watcher:
         self._repeats: tuple[Any, ...] = ()
         if self._sinks and all(hasattr(sink, "repeated") for sink in self._sinks):
             self._repeats = self._sinks
+        self.record_repeat: Callable[[str, str, str | None], bool] = self._repeat_recorder()
+        """``record_repeat(response_id, status, model)``: count a poll (``retrieve``) that changes
+        nothing, if it is one; else return False (and change nothing).
+
+        The hot path of a polling loop: the id is tracked with this status already (or has
+        ended), so the only effect of :meth:`record` would be the poll count. Taken only when
+        every sink has a ``repeated(status)`` method (bgwatch's metric sinks; spans and custom
+        sinks get every observation through :meth:`record`), else always False. ``status`` must
+        be one of the six statuses and the arguments those of
+        :func:`bgwatch._classify.repeat_key`. A closure over its collaborators, looked up once:
+        it runs on every poll. Never raises."""
         self.capture_error_messages = capture_error_messages
         self._logged_stages: set[str] = set()
         self._log_lock = _locks.Lock()
@@ -239,29 +250,30 @@ class Watcher:
             except Exception as exc:
                 self.internal_error("sink", exc)
 
-    def record_repeat(self, response_id: str, status: str, model: str | None) -> bool:
-        """Count a poll (``retrieve``) that changes nothing, if it is one; else return False.
+    def _repeat_recorder(self) -> Callable[[str, str, str | None], bool]:
+        """The :attr:`record_repeat` of this watcher's sinks and tracker."""
+        counts = tuple(sink.repeated for sink in self._repeats)
+        if not counts:
+            return lambda response_id, status, model: False
+        touch = self.tracker.touch
+        models = self._models
+        internal_error = self.internal_error
 
-        The hot path of a polling loop: the id is tracked with this status already (or has
-        ended), so the only effect of :meth:`record` would be the poll count. Taken only when
-        every sink has a ``repeated(status)`` method (bgwatch's metric sinks; spans and custom
-        sinks get every observation through :meth:`record`). ``status`` must be one of the six
-        statuses and the arguments those of :func:`bgwatch._classify.repeat_key`. Never raises.
-        """
-        if not self._repeats:
-            return False
-        try:
-            if not self.tracker.touch(response_id, status, self._models(model)):
-                return False
-        except Exception as exc:
-            self.internal_error("record", exc)
-            return True  # a bug of ours: counted, and not recorded twice
-        for sink in self._repeats:
+        def record_repeat(response_id: str, status: str, model: str | None) -> bool:
             try:
-                sink.repeated(status)
+                if not touch(response_id, status, models(model)):
+                    return False
             except Exception as exc:
-                self.internal_error("sink", exc)
-        return True
+                internal_error("record", exc)
+                return True  # a bug of ours: counted, and not recorded twice
+            for count in counts:
+                try:
+                    count(status)
+                except Exception as exc:
+                    internal_error("sink", exc)
+            return True
+
+        return record_repeat
 
     def sweep(self) -> None:
         """Expire ids past their TTL now: in-flight ones count as abandoned and leave the gauge.

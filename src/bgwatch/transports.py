@@ -254,6 +254,7 @@ class _SyncAdapter:
     _module: Any
     _inner: Any
     _deferring: dict[tuple[type[Any], CallKind], type[Any]]
+    _defers: bool
     hook: Hook
 
     def _setup(
@@ -271,6 +272,7 @@ class _SyncAdapter:
         self._inner = inner
         self.hook = _make_hook(hook, watcher, raise_on, registry)
         self._deferring: dict[tuple[type[Any], CallKind], type[Any]] = {}
+        self._defers = self.hook.defers  # fixed with the hook's watcher and raise_on
 
     def handle_request(self, request: Any) -> Any:
         """Send through the inner transport; inspect Responses API answers on the way back."""
@@ -278,7 +280,7 @@ class _SyncAdapter:
         call = hook.select(request.method, request.url.path)
         if call is None:
             return self._inner.handle_request(request)
-        if hook.defers:
+        if self._defers:
             response = self._inner.handle_request(request)
             return _deferred(self, call, response, request=request, asynchronous=False)
         span = hook.start_span(call, request)
@@ -326,6 +328,7 @@ class _AsyncAdapter:
     _module: Any
     _inner: Any
     _deferring: dict[tuple[type[Any], CallKind], type[Any]]
+    _defers: bool
     hook: Hook
 
     def _setup(
@@ -343,6 +346,7 @@ class _AsyncAdapter:
         self._inner = inner
         self.hook = _make_hook(hook, watcher, raise_on, registry)
         self._deferring: dict[tuple[type[Any], CallKind], type[Any]] = {}
+        self._defers = self.hook.defers  # fixed with the hook's watcher and raise_on
 
     async def handle_async_request(self, request: Any) -> Any:
         """Send through the inner transport; inspect Responses API answers on the way back."""
@@ -350,7 +354,7 @@ class _AsyncAdapter:
         call = hook.select(request.method, request.url.path)
         if call is None:
             return await self._inner.handle_async_request(request)
-        if hook.defers:
+        if self._defers:
             response = await self._inner.handle_async_request(request)
             return _deferred(self, call, response, request=request, asynchronous=True)
         span = hook.start_span(call, request)
