@@ -297,6 +297,7 @@ class PrometheusSink:
         # poll statuses exist from the start at 0, so that rate() and increase() see the first
         # increment (a series born at 1 looks like it never moved).
         self._polls = {status: self.polls.labels(status) for status in STATUSES}
+        self._children: dict[tuple[Any, ...], Any] = {}
         self._poll_incs = {status: _increment(child) for status, child in self._polls.items()}
         self._created = {}
         for stage in INTERNAL_ERROR_STAGES:  # at 0 from the start too
@@ -388,19 +389,20 @@ class PrometheusSink:
                 created = self._created[labels.model] = self.created.labels(labels.model)
                 self.abandoned_responses.labels(labels.model)  # at 0 from its model's first create
             created.inc()
+        child = self._child
         if transition.queue_seconds is not None:
-            self.queue.labels(labels.model).observe(transition.queue_seconds)
+            child(self.queue, labels.model).observe(transition.queue_seconds)
         if not transition.finished:
             return
         for token_type, count in _token_counts(observation):
-            self.tokens.labels(token_type, labels.status, labels.model).inc(count)
-        self.finished.labels(labels.status, labels.model).inc()
+            child(self.tokens, token_type, labels.status, labels.model).inc(count)
+        child(self.finished, labels.status, labels.model).inc()
         if labels.code is not None:
-            self.failed.labels(labels.code, labels.model).inc()
+            child(self.failed, labels.code, labels.model).inc()
         if labels.reason is not None:
-            self.incomplete.labels(labels.reason, labels.model).inc()
+            child(self.incomplete, labels.reason, labels.model).inc()
         if duration is not None:
-            self.duration.labels(labels.status, labels.model).observe(duration)
+            child(self.duration, labels.status, labels.model).observe(duration)
 
     def adjust_in_flight(self, delta: int) -> None:
         """Apply an in-flight change that happened outside an observation (TTL sweep)."""
@@ -412,7 +414,15 @@ class PrometheusSink:
     def abandoned(self, models: Sequence[str]) -> None:
         """Count responses that left tracking without a terminal state (bounded model labels)."""
         for model in models:
-            self.abandoned_responses.labels(model).inc()
+            self._child(self.abandoned_responses, model).inc()
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once per label set (label values are bounded)."""
+        key = (metric, *values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def sweep_at_collect(self, watcher: Watcher) -> None:
         """Sweep ``watcher`` (weakly held) at every scrape of this sink's registry."""
@@ -450,7 +460,7 @@ class PrometheusSink:
 
     def internal_error(self, stage: str) -> None:
         """Count an error caught inside bgwatch."""
-        self.internal_errors.labels(stage).inc()
+        self._child(self.internal_errors, stage).inc()
 
     def webhook_rejected(self, reason: str) -> None:
         """Count a refused webhook delivery (``reason`` is one of a fixed, bounded set)."""
