@@ -510,3 +510,21 @@ def test_regression_crlf_split_where_openai_2_ended_a_block(library: str) -> Non
         assert exc is None
         assert failed_codes(rig) == [("server_error", "gpt-4.1")]
     assert [o.status for o in rig.observed] == ["queued", *(["failed"] if events[1:] else [])]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_failing_event_first_in_a_chunk_that_finishes_a_crlf(library: str) -> None:
+    # The chunk before ends inside the CRLF of a blank line: openai 2.x still holds the created
+    # event then (its buffer ends in "\r\n\r"), until the LF arrives. The failing event is the
+    # first of the next chunk: the cut passes that chunk's leading LF before raising.
+    created = json.loads(failed_event())
+    created.update(type="response.created", sequence_number=0)
+    created["response"].update(status="queued", error=None)
+    first = f"data: {json.dumps(created)}\r\n\r".encode()
+    raw = first + f"\ndata: {failed_event()}\r\n\r\n".encode()
+    rig = one_stream(library, raw, cuts=[len(first)])
+    rig.recorder.clear()
+    raised, raised_exc = rig.events(rig.raising)
+    assert [event.type for event in raised] == ["response.created"]
+    assert isinstance(raised_exc, bgwatch.ServerError)
+    assert rig.recorder.internal_errors == []

@@ -308,7 +308,7 @@ class StreamObserver:
         state before the chunk, is given); ``dispatched_at`` is where the parser dispatched the
         events of ``data`` (see :func:`_dispatch_runs`).
         """
-        if index == 0 and before is None:
+        if index == 0 and before is None and data[:1] not in (b"\r", b"\n"):
             return 0  # every earlier event was completed by an earlier chunk, already passed on
         try:
             start, limit = _dispatch_runs(line_endings(data), dispatched_at, index)
@@ -317,7 +317,9 @@ class StreamObserver:
             return len(chunk)
         if before is None:
             return start
-        return _encoded_cut(before, chunk, start, limit)
+        # The longest prefix up to limit: it reaches start if the compression allows; it must
+        # reach the earlier events (not the leading run that only helps openai 2.x).
+        return _encoded_cut(before, chunk, start if index else 0, limit)
 
     def _invalid_utf8_line(self, data: bytes) -> int | None:
         """Where the first line that is not UTF-8 starts in ``data``; None when there is none.
@@ -420,23 +422,24 @@ def _dispatch_runs(endings: list[tuple[int, int]], dispatched_at: list[int], ind
     ``endings`` are the line endings of the chunk (:func:`~bgwatch._sse.line_endings`) and
     ``dispatched_at[i]`` the one at which the parser dispatched the chunk's ``i``-th event.
     Returns ``(start, limit)``: ``start`` is the end of the run of line endings in which the
-    event before the ``index``-th one was dispatched (0 for the first event of the chunk), so
-    blank lines after it go with it (openai 2.x yields its buffer only when it ends in a blank
-    line, which a longer run may complete); ``limit`` is the start of the run in which the
-    ``index``-th event was dispatched, so nothing past it completes that event. No run crosses
-    the other event's own line ending.
+    event before the ``index``-th one was dispatched, so blank lines after it go with it
+    (openai 2.x yields its buffer only when it ends in a blank line, which a longer run may
+    complete); for the chunk's first event, the end of the run of line endings the chunk starts
+    with (0 if none): an event of an earlier chunk may still wait in openai 2.x's buffer for
+    them, as after ``\r\n\r`` | ``\n``. ``limit`` is the start of the run in which the
+    ``index``-th event was dispatched, so nothing past it completes that event. No run reaches
+    the ``index``-th event's own line ending.
     """
     at = dispatched_at[index]
     first = dispatched_at[index - 1] + 1 if index else 0  # the first ending that may open at's run
     low = at
     while low > first and endings[low - 1][1] == endings[low][0]:
         low -= 1
-    if not index:
-        return 0, endings[low][0]
-    high = dispatched_at[index - 1]
-    while high + 1 < at and endings[high + 1][0] == endings[high][1]:
+    high, start = (dispatched_at[index - 1], endings[dispatched_at[index - 1]][1]) if index else (-1, 0)
+    while high + 1 < at and endings[high + 1][0] == start:
         high += 1
-    return endings[high][1], endings[low][0]
+        start = endings[high][1]
+    return start, endings[low][0]
 
 
 class _Decoder:
