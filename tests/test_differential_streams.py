@@ -420,6 +420,14 @@ def failed_event(code: str = "server_error", *, instructions: int = 0, tools: in
     return json.dumps({"type": "response.failed", "sequence_number": 3, "response": response})
 
 
+def created_event() -> str:
+    """The ``response.created`` (queued) event of the response :func:`failed_event` fails."""
+    created = json.loads(failed_event())
+    created.update(type="response.created", sequence_number=0)
+    created["response"].update(status="queued", error=None)
+    return json.dumps(created)
+
+
 def failed_codes(rig: Rig) -> list[tuple[str | None, str | None]]:
     return [(o.error_code, o.model) for o in rig.observed if o.status == "failed"]
 
@@ -502,10 +510,7 @@ def test_regression_crlf_split_where_openai_2_ended_a_block(library: str) -> Non
     # the LF starting the next chunk is one more blank line: after "id: 1" it dispatches an
     # empty event, which the SDK fails to parse; it never yields the failed response.
     # openai 3.x reads "\r" + "\n" as one CRLF and yields it.
-    created = json.loads(failed_event())
-    created.update(type="response.created", sequence_number=0)
-    created["response"].update(status="queued", error=None)
-    first = f"id: 1\ndata: {json.dumps(created)}\r\r".encode()
+    first = f"id: 1\ndata: {created_event()}\r\r".encode()
     raw = first + f"\ndata: {failed_event()}\n\n".encode()
     rig = one_stream(library, raw, cuts=[len(first)])
     events, exc = rig.events(rig.bare)
@@ -548,10 +553,7 @@ def test_regression_persisting_id_and_extra_blank_line_after_the_failing_event(
     # puts a created event, ending so, in a chunk of its own before.
     first = b""
     if head:
-        created = json.loads(failed_event())
-        created.update(type="response.created", sequence_number=0)
-        created["response"].update(status="queued", error=None)
-        first = f"data: {json.dumps(created)}{head}".encode()
+        first = f"data: {created_event()}{head}".encode()
     lead = "\n" if head.endswith("\r") else ""
     rest = f"{lead}data: {delta_event(1)}{newline * 2}{gap}id: 7{newline}data: {failed_event()}{newline * 3}"
     raw = first + rest.encode()
@@ -579,10 +581,7 @@ def test_regression_failing_event_first_in_a_chunk_that_finishes_a_crlf(library:
     # The chunk before ends inside the CRLF of a blank line: openai 2.x still holds the created
     # event then (its buffer ends in "\r\n\r"), until the LF arrives. The failing event is the
     # first of the next chunk: the cut passes that chunk's leading LF before raising.
-    created = json.loads(failed_event())
-    created.update(type="response.created", sequence_number=0)
-    created["response"].update(status="queued", error=None)
-    first = f"data: {json.dumps(created)}\r\n\r".encode()
+    first = f"data: {created_event()}\r\n\r".encode()
     raw = first + f"\ndata: {failed_event()}\r\n\r\n".encode()
     rig = one_stream(library, raw, cuts=[len(first)])
     rig.recorder.clear()
