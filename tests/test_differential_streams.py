@@ -7,8 +7,10 @@ error codes, ``type`` given twice or with unicode escapes), text deltas, ``error
 both shapes, data that is no JSON, empty data, ``[DONE]`` with events after it, missing,
 matching, mismatched and trailing-space ``event:`` lines, ``id:``, valid and invalid
 ``retry:``, comments, multi-line data, a byte order mark, invalid UTF-8, LF, CRLF or CR line
-endings or all mixed (with ``\r\r\n`` and a persisting ``id:``), and an unterminated last
-event; each is cut into chunks at random places, often inside a CRLF (where openai 2.x may read
+endings or all mixed (with ``\r\r\n``), a persisting ``id:`` from the start, blank lines
+more after some events (after a non-empty ``id:`` each dispatches a dataless event, which the
+SDK fails to parse: in raise mode also right after the failing event, in its chunk), and an
+unterminated last event; each is cut into chunks at random places, often inside a CRLF (where openai 2.x may read
 two line endings), and served either as a stream or as a body the inner transport already
 loaded. For every stream:
 
@@ -17,7 +19,8 @@ loaded. For every stream:
   exception);
 * bgwatch recorded exactly one observation per lifecycle event the SDK yielded, with the SDK's
   values (an ``error`` event's code fills in a following ``failed`` response that has none),
-  and nothing for what the SDK never yielded.
+  and nothing for what the SDK never yielded (the raising client: nothing after the raising
+  event), and no internal error, observing or raising.
 
 The named ``test_regression_*`` tests pin each stream class of issue 11 on its own.
 """
@@ -171,11 +174,14 @@ def streams(draw: Any) -> tuple[bytes, list[int], bool]:
     mixed = rng.random() < 0.2  # every line ending drawn on its own: "\r\r\n", "\n\r", ...
     newline = "\n" if mixed else rng.choice(["\n", "\n", "\r\n", "\r"])
     text = "\ufeff" if rng.random() < 0.03 else ""
-    if mixed and rng.random() < 0.5:
-        text += "id: 1\n"  # persists: an extra blank line (see the cuts below) then dispatches
+    if rng.random() < (0.5 if mixed else 0.2):
+        text += "id: 1\n"  # persists: an extra blank line (see below and the cuts) then dispatches
+    extra = rng.random() < 0.3  # blank lines more after some events (raise mode: after the failing one)
     for sequence in range(rng.randint(0, 7)):
         kind, data = event_data(rng, sequence)
         text += event_bytes(rng, kind, data, newline) + newline
+        if extra and rng.random() < 0.4:
+            text += newline * rng.randint(1, 2)  # after a non-empty id: a dataless event, the SDK raises
     if rng.random() < 0.2:  # a last event with no blank line after it: the SDK never yields it
         kind, data = event_data(rng, 99)
         text += event_bytes(rng, kind, data, newline).rstrip("\r\n")
@@ -332,7 +338,10 @@ def check(rig: Rig) -> None:
 
     rig.recorder.clear()
     raised, raised_exc = rig.events(rig.raising)
+    assert rig.recorder.internal_errors == []
     first = next((i for i, o in enumerate(expected) if o.status in RAISE_ON), None)
+    counted = expected if first is None else expected[: first + 1]  # nothing after the raise
+    assert [essentials(o) for o in rig.recorder.observations] == [essentials(o) for o in counted]
     if first is None:
         assert dumped(raised) == dumped(bare)
         assert failure(raised_exc) == failure(bare_exc)
@@ -409,6 +418,14 @@ def failed_event(code: str = "server_error", *, instructions: int = 0, tools: in
     if sdk_order:
         response = dict(sorted(response.items(), key=lambda kv: SDK_ORDER.get(kv[0], len(SDK_ORDER))))
     return json.dumps({"type": "response.failed", "sequence_number": 3, "response": response})
+
+
+def created_event() -> str:
+    """The ``response.created`` (queued) event of the response :func:`failed_event` fails."""
+    created = json.loads(failed_event())
+    created.update(type="response.created", sequence_number=0)
+    created["response"].update(status="queued", error=None)
+    return json.dumps(created)
 
 
 def failed_codes(rig: Rig) -> list[tuple[str | None, str | None]]:
@@ -493,10 +510,7 @@ def test_regression_crlf_split_where_openai_2_ended_a_block(library: str) -> Non
     # the LF starting the next chunk is one more blank line: after "id: 1" it dispatches an
     # empty event, which the SDK fails to parse; it never yields the failed response.
     # openai 3.x reads "\r" + "\n" as one CRLF and yields it.
-    created = json.loads(failed_event())
-    created.update(type="response.created", sequence_number=0)
-    created["response"].update(status="queued", error=None)
-    first = f"id: 1\ndata: {json.dumps(created)}\r\r".encode()
+    first = f"id: 1\ndata: {created_event()}\r\r".encode()
     raw = first + f"\ndata: {failed_event()}\n\n".encode()
     rig = one_stream(library, raw, cuts=[len(first)])
     events, exc = rig.events(rig.bare)
@@ -510,3 +524,68 @@ def test_regression_crlf_split_where_openai_2_ended_a_block(library: str) -> Non
         assert exc is None
         assert failed_codes(rig) == [("server_error", "gpt-4.1")]
     assert [o.status for o in rig.observed] == ["queued", *(["failed"] if events[1:] else [])]
+
+
+def delta_event(sequence: int = 0) -> str:
+    return json.dumps({"type": "response.output_text.delta", "delta": "hi", "sequence_number": sequence})
+
+
+@pytest.mark.parametrize(
+    ("newline", "gap", "head"),
+    [
+        ("\n", "", ""),
+        ("\r\n", "", ""),
+        ("\r", "", ""),
+        ("\n", "\n\n", ""),  # blank lines more after the earlier event (no id yet: nothing dispatched)
+        ("\r\n", "\r\n", "\r\n\r"),  # a chunk before, ending inside a CRLF: one CRLF for both SDKs
+        ("\r\n", "", "\r\r"),  # the LF after "\r\r" in the next chunk: a blank line more for openai 2.x
+    ],
+    ids=["lf", "crlf", "cr", "lf-gap", "crlf-split", "crlf-split-after-block"],
+)
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_persisting_id_and_extra_blank_line_after_the_failing_event(
+    library: str, newline: str, gap: str, head: str
+) -> None:
+    # In one chunk: an earlier event, then "id: 7" and the failing event, then one blank line
+    # more. The last event id persists, so the SDK dispatches a dataless event at that extra
+    # blank line (and fails to parse it). The raise-mode cut used to expect dispatches only
+    # after data lines, gave up (an internal error) and passed the failing event on. ``head``
+    # puts a created event, ending so, in a chunk of its own before.
+    first = b""
+    if head:
+        first = f"data: {created_event()}{head}".encode()
+    lead = "\n" if head.endswith("\r") else ""
+    rest = f"{lead}data: {delta_event(1)}{newline * 2}{gap}id: 7{newline}data: {failed_event()}{newline * 3}"
+    raw = first + rest.encode()
+    rig = one_stream(library, raw, cuts=[len(first)] if first else None)
+    bare, bare_exc = rig.events(rig.bare)
+    assert [event.type for event in bare] == [*(["response.created"] if head else []), *DELTA_FAILED]
+    assert isinstance(bare_exc, json.JSONDecodeError)  # the dataless event after the failed one
+
+    rig.recorder.clear()
+    raised, raised_exc = rig.events(rig.raising)
+    assert dumped(raised) == dumped(bare[:-1])  # what the SDK yields before the exception
+    assert isinstance(raised_exc, bgwatch.ServerError)
+    assert raised_exc.code == "server_error"
+    counted = [essentials(o) for o in rig.recorder.observations]
+    assert counted == [essentials(o) for o in expected_observations(bare)]  # what bgwatch counted
+    assert [o.status for o in rig.recorder.observations] == [*(["queued"] if head else []), "failed"]
+    assert rig.recorder.internal_errors == []
+
+
+DELTA_FAILED = ["response.output_text.delta", "response.failed"]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_regression_failing_event_first_in_a_chunk_that_finishes_a_crlf(library: str) -> None:
+    # The chunk before ends inside the CRLF of a blank line: openai 2.x still holds the created
+    # event then (its buffer ends in "\r\n\r"), until the LF arrives. The failing event is the
+    # first of the next chunk: the cut passes that chunk's leading LF before raising.
+    first = f"data: {created_event()}\r\n\r".encode()
+    raw = first + f"\ndata: {failed_event()}\r\n\r\n".encode()
+    rig = one_stream(library, raw, cuts=[len(first)])
+    rig.recorder.clear()
+    raised, raised_exc = rig.events(rig.raising)
+    assert [event.type for event in raised] == ["response.created"]
+    assert isinstance(raised_exc, bgwatch.ServerError)
+    assert rig.recorder.internal_errors == []

@@ -38,7 +38,7 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 
 import bgwatch
-from bgwatch import _streams
+from bgwatch import _sse, _streams
 from bgwatch._classify import Observation
 from bgwatch._sse import SSEParser
 from bgwatch._tracker import Transition
@@ -453,34 +453,111 @@ fragments = st.sampled_from(
         b"event: e",
         b": c",
         b"id: 1",
+        b"id:",
+        b"retry: 5",
+        b"retry: x",
         b"dat",
         b"a: y",
         b"\n",
         b"\r",
         b"\r\n",
+        b"\r\r\n",
         b"x",
         b"\xef\xbb\xbf",
     ]
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(parts=st.lists(fragments, max_size=40), data=st.data())
-def test_dispatch_spans_locate_exactly_where_the_parser_dispatches(parts: list[bytes], data: st.DataObject) -> None:
-    """Raise mode's boundary finder agrees with the parser on arbitrary SSE byte soup, any chunking."""
+def check_dispatch_positions(chunks: list[bytes], sdk: bool, split: bool, window: int | None) -> None:
+    """``feed(chunk, dispatched_at)`` names each event's line ending in ``chunk``.
+
+    Checked by feeding a replica (same earlier chunks, so also openai 2.x's block split) the
+    chunk up to the start of that line ending, which must not complete the event, and up to its
+    end, which must. ``window`` replaces the parser's window size (None: keep it).
+    """
+
+    def parser() -> SSEParser:
+        return SSEParser(sdk_compatible=sdk, split_crlf_after_block=split)
+
+    saved = _sse._WINDOW
+    _sse._WINDOW = window or saved
+    try:
+        tested = parser()
+        for number, chunk in enumerate(chunks):
+            dispatched_at: list[int] = []
+            events = tested.feed(chunk, dispatched_at)
+            assert len(dispatched_at) == len(events)
+            assert dispatched_at == sorted(dispatched_at)
+            endings = _sse.line_endings(chunk)
+            for index, at in enumerate(dispatched_at):
+                start, end = endings[at]
+                for size, count in ((start, index), (end, index + 1)):
+                    replica = parser()
+                    for earlier in chunks[:number]:
+                        replica.feed(earlier)
+                    assert replica.feed(chunk[:size]) == events[:count]
+    finally:
+        _sse._WINDOW = saved
+
+
+MODES = [(False, False), (True, False), (True, True)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    parts=st.lists(fragments, max_size=40),
+    mode=st.sampled_from(MODES),
+    window=st.sampled_from([None, 1, 2, 3, 7]),
+    data=st.data(),
+)
+def test_the_parser_says_at_which_line_ending_it_dispatched(
+    parts: list[bytes], mode: tuple[bool, bool], window: int | None, data: st.DataObject
+) -> None:
+    """Arbitrary SSE byte soup, any chunking, any mode, small windows."""
     stream = b"".join(parts)
     cuts = sorted(set(data.draw(st.lists(st.integers(0, len(stream)), max_size=6))))
-    bounds = [0, *cuts, len(stream)]
-    for a, b in itertools.pairwise(bounds):
-        chunk = stream[a:b]
-        replica = SSEParser()
-        replica.feed(stream[:a])  # the state the chunk meets (the parser is split-invariant)
-        dispatched_at = [i for i in range(len(chunk)) if replica.feed(chunk[i : i + 1])]
-        previous = stream[a - 1] if a else 0x0A
-        spans = _streams._dispatch_spans(chunk, len(dispatched_at), previous)
-        assert spans is not None and len(spans) == len(dispatched_at)
-        for (start, end), at in zip(spans, dispatched_at, strict=True):
-            assert start <= at < end
+    chunks = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)]) if stream[a:b]]
+    check_dispatch_positions(chunks, *mode, window)
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"data: x\r\n\ndata: y\r\n\r\nid: 1\rdata: z\r\r\r\n\n\r",
+        b"id: 7\ndata: a\n\n\n\r\n\r\rretry: 1\r\n\r\nevent: e\r\r",
+    ],
+)
+def test_dispatch_positions_with_crlfs_across_every_window_and_chunk_boundary(stream: bytes) -> None:
+    """Every window size and every split in two: CRLFs cut between windows and between chunks."""
+    for window, cut, mode in itertools.product(range(1, 12), range(len(stream) + 1), MODES):
+        chunks = [piece for piece in (stream[:cut], stream[cut:]) if piece]
+        check_dispatch_positions(chunks, *mode, window)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_regression_persisting_id_and_extra_blank_line_after_the_failing_event(library: str, compressed: bool) -> None:
+    """Raise mode: ``id:`` before the failing event and a blank line more after it, in one chunk
+    with an earlier event: the SDK dispatches a dataless event at the extra blank line. The cut
+    still falls right after the earlier event: the caller gets it, then the typed exception."""
+    import zlib
+
+    delta = json.dumps({"type": "response.output_text.delta", "delta": "hi", "sequence_number": 0})
+    response = response_body("resp_cut", "failed", code="server_error", model=MODEL)
+    failed = json.dumps({"type": "response.failed", "sequence_number": 1, "response": response})
+    body = f"data: {delta}\n\nid: 7\ndata: {failed}\n\n\n".encode()
+    start, limit = body.index(b"id: 7"), len(body) - 3
+    served = Served(library, [body])
+    if compressed:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+        served = Served(library, [compressor.compress(body) + compressor.flush()], gzip=True)
+    watcher, recorder = recording_watcher()
+    got, error = raw_chunks(library, served, watcher, raise_on=("failed",))
+    passed = zlib.decompressobj(31).decompress(b"".join(got)) if compressed else b"".join(got)
+    assert body.startswith(passed)
+    assert len(passed) == start if not compressed else start <= len(passed) <= limit
+    assert isinstance(error, bgwatch.ServerError)
+    assert [s[2] for s in recorder.seen] == ["failed"]
+    assert recorder.errors == []
 
 
 def test_regression_large_instructions_before_model_keep_the_model(library: str) -> None:

@@ -51,8 +51,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from operator import length_hint
 
-__all__ = ["SSEEvent", "SSEParser"]
+__all__ = ["SSEEvent", "SSEParser", "line_endings"]
 
 _BOM = b"\xef\xbb\xbf"
 _LF = 0x0A
@@ -62,6 +63,7 @@ _SPACE = 0x20
 # CRLF or a lone CR. One regex pass normalises both to LF faster (up to ~5x on
 # large events) than bytes.replace(b"\r\n", ...), whose two-byte search is slow.
 _CR_ENDING = re.compile(rb"\r\n?")
+_LINE_ENDING = re.compile(rb"\r\n?|\n")
 
 # Longest field name the spec gives a meaning to ("event", "retry"). A line whose
 # first _MAX_FIELD_NAME + 1 bytes hold no colon names an unknown field and is
@@ -221,11 +223,14 @@ class SSEParser:
         """
         return self._max_data + 3 * max(self._max_line, _MAX_FIELD_NAME) + len(_BOM)
 
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
+    def feed(self, chunk: bytes, dispatched_at: list[int] | None = None) -> list[SSEEvent]:
         """Parse the next chunk of the stream.
 
         Args:
             chunk: The next bytes of the stream, split anywhere.
+            dispatched_at: If given, a list that receives, for each event returned, where in
+                ``chunk`` it was dispatched: the index of the blank line's line ending among the
+                matches of :func:`line_endings` over ``chunk``. When omitted, costs one test per event.
 
         Returns:
             The events completed by this chunk, in stream order; often empty.
@@ -237,10 +242,11 @@ class SSEParser:
         if self._split_crlf:
             self._track_blocks(chunk)
         if len(chunk) <= _WINDOW:
-            self._feed(chunk, events)
+            self._feed(chunk, events, dispatched_at, 0, False)
         else:
+            endings = 0
             for start in range(0, len(chunk), _WINDOW):
-                self._feed(chunk[start : start + _WINDOW], events)
+                endings += self._feed(chunk[start : start + _WINDOW], events, dispatched_at, endings, start > 0)
         return events
 
     @property
@@ -296,19 +302,28 @@ class SSEParser:
         odd = run % 2 == 1
         self._unpaired_cr = odd if run < len(chunk) else self._unpaired_cr != odd
 
-    def _feed(self, chunk: bytes, events: list[SSEEvent]) -> None:
-        """Parse one non-empty chunk, appending completed events to ``events``."""
+    def _feed(
+        self, chunk: bytes, events: list[SSEEvent], dispatched_at: list[int] | None, base: int, continued: bool
+    ) -> int:
+        """Parse one non-empty chunk, appending completed events to ``events``.
+
+        With ``dispatched_at``, each event's line ending is appended to it, counted from
+        ``base`` (the line endings of the earlier windows of the same :meth:`feed` call;
+        ``continued`` says there were some). Returns the number of line endings this window
+        adds to that count (a CRLF split between two windows of one call counts once, in the
+        first; an LF finishing a CRLF begun by the previous call is a match of its own).
+        """
         if self._at_start:
             chunk = self._head + chunk
             if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
                 self._head = chunk  # cannot tell yet whether this is a BOM
-                return
+                return 0
             self._at_start = False
             self._head = b""
             if chunk.startswith(_BOM):
                 chunk = chunk[len(_BOM) :]
                 if not chunk:
-                    return
+                    return 0
 
         # A CR ending the previous chunk already ended its line; an LF starting
         # this one is the second half of that CRLF, not another line ending.
@@ -325,8 +340,12 @@ class SSEParser:
         lines = chunk.split(b"\n")
         # The last piece is the start of a line that is not complete yet.
         tail = lines.pop()
+        # An LF joined to a CR of the previous window of this call is no match of its own.
+        hidden = skip_lf and continued
         if lines:
             it = iter(lines)
+            # The line ending of the current line is the match numbered top - length_hint(it).
+            top = base + len(lines) - 1 - hidden if dispatched_at is not None else 0
             if skip_lf:
                 next(it)
             if self._mode != _HEAD or self._line:
@@ -345,9 +364,13 @@ class SSEParser:
                     # Blank line: dispatch. This is _dispatch() inlined for the
                     # common, untruncated case.
                     if not self._has_data and self._sdk and (self._event or self._id or self._retry_set):
+                        if dispatched_at is not None:
+                            dispatched_at.append(top - length_hint(it))
                         events.append(self._dispatch())  # the SDK's dataless event: data ""
                         continue
                     if self._has_data:
+                        if dispatched_at is not None:
+                            dispatched_at.append(top - length_hint(it))
                         if self._truncated:
                             events.append(self._dispatch())
                             continue
@@ -381,6 +404,7 @@ class SSEParser:
                     self._process_field(line)
         if tail:
             self._feed_partial(tail)
+        return len(lines) - hidden
 
     def _process_field(self, line: bytes) -> None:
         """Process one complete, non-empty line other than a ``data:`` line."""
@@ -545,6 +569,16 @@ class SSEParser:
         self._retry_set = False
         self._event = b""
         return event
+
+
+def line_endings(chunk: bytes) -> list[tuple[int, int]]:
+    """The ``(start, end)`` of every line ending in ``chunk`` (CRLF, CR or LF), in order.
+
+    Maps the indices :meth:`SSEParser.feed` puts in ``dispatched_at`` to byte offsets. An LF
+    starting ``chunk`` is a match of its own, also when it finishes a CRLF begun by the
+    previous chunk.
+    """
+    return [match.span() for match in _LINE_ENDING.finditer(chunk)]
 
 
 def _utf8_cut(data: bytes | bytearray) -> int:
