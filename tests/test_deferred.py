@@ -14,12 +14,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import bgwatch
-from bgwatch._hook import Hook
+from bgwatch._hook import Hook, raise_mode_supported
 
 from .conftest import FakeAPI, answering, client_class, httpx, httpx2, response_body, sample, transport_class
 from .test_transport import make_client
 
 MODEL = "gpt-4.1-2025-04-14"
+# Observe mode records as the client reads (deferred); raise mode reads in the transport (eager).
+BOTH_PATHS: list[tuple[str, ...]] = [(), ("incomplete",)] if raise_mode_supported() else [()]
 
 
 def failed_api() -> FakeAPI:
@@ -167,4 +169,48 @@ def test_raise_mode_and_spans_read_the_body_in_the_transport(library: str, regis
     # Eager: counted before anybody parses.
     client = make_client(failed_api(), library, watcher, raise_on=("incomplete",))
     client.responses.with_raw_response.retrieve("resp_f")
+    assert sample(registry, "bg_response_failed_total", code="server_error", model=MODEL) == 1
+
+
+def _failed_stream(response_id: str) -> bytes:
+    response = response_body(response_id, "failed", code="server_error")
+    created = {**response, "status": "in_progress", "error": None, "completed_at": None}
+    events = [
+        {"type": "response.created", "sequence_number": 0, "response": created},
+        {"type": "response.failed", "sequence_number": 1, "response": response},
+    ]
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+
+
+@pytest.mark.parametrize("raise_on", BOTH_PATHS, ids=["deferred", "eager"][: len(BOTH_PATHS)])
+def test_a_stream_is_what_the_sdk_streams_whatever_its_content_type(
+    library: str, watcher: bgwatch.Watcher, registry: CollectorRegistry, raise_on: tuple[str, ...]
+) -> None:
+    """The SDK reads an answer as events because it asked for a stream, not because of the
+    Content-Type: a gateway that labels the stream ``application/json`` changes nothing for it,
+    nor for bgwatch."""
+    api = FakeAPI()
+    raw = _failed_stream("resp_mislabeled")
+    api.routes["POST /responses"] = lambda method, path, content: (200, {"content-type": "application/json"}, raw)
+    client = make_client(api, library, watcher, raise_on=raise_on)
+    events = [event.type for event in client.responses.create(model=MODEL, input="hi", background=True, stream=True)]
+    assert events == ["response.created", "response.failed"]
+    assert sample(registry, "bg_response_failed_total", code="server_error", model=MODEL) == 1
+
+
+@pytest.mark.parametrize("raise_on", BOTH_PATHS, ids=["deferred", "eager"][: len(BOTH_PATHS)])
+def test_a_json_answer_is_what_the_sdk_parses_whatever_its_content_type(
+    library: str, watcher: bgwatch.Watcher, registry: CollectorRegistry, raise_on: tuple[str, ...]
+) -> None:
+    """A poll answered with a JSON body labeled ``text/event-stream``: the SDK asked for no
+    stream, parses the JSON and returns the failed response; bgwatch counts it."""
+    api = FakeAPI()
+    body = json.dumps(response_body("resp_labeled", "failed", code="server_error")).encode()
+    api.routes["GET /responses/resp_labeled"] = lambda method, path, content: (
+        200,
+        {"content-type": "text/event-stream"},
+        body,
+    )
+    client = make_client(api, library, watcher, raise_on=raise_on)
+    assert client.responses.retrieve("resp_labeled").status == "failed"
     assert sample(registry, "bg_response_failed_total", code="server_error", model=MODEL) == 1

@@ -104,7 +104,7 @@ def is_event_stream(content_type: str | None) -> bool:
     return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"  # type: ignore[union-attr]
 
 
-def _parse_json(data: bytes) -> Any:
+def parse_request_json(data: bytes) -> Any:
     """Parse with jiter; a document jiter refuses gets a second chance with json.
 
     For request bodies (the create's ``model`` and ``stream``, for spans); answers are parsed

@@ -18,8 +18,8 @@ from ._classify import (
     Observation,
     classify_request,
     decode_content,
-    is_event_stream,
     observation_from_json,
+    parse_request_json,
     repeat_key,
 )
 from ._sdk import version_tuple
@@ -83,18 +83,26 @@ class Hook:
             self.watcher.internal_error("request", exc)
             return None
 
-    def wants_body(self, status_code: int, content_type: str | None) -> bool:
-        """Whether a selected call's body is one the SDK parses as JSON: any 2xx non-stream answer.
+    def asks_for_stream(self, call: CallKind, request: Any) -> bool:
+        """Whether the client asked for an event stream (``stream=true``), as the SDK decides. Never raises.
 
-        The SDK parses a Response's JSON whatever the Content-Type says (``text/plain``,
-        none, ``text/json``), so the content type does not decide; only an event stream is
-        read as events instead.
+        The SDK reads an answer as events because it asked for a stream (its ``stream=True``,
+        sent as ``"stream": true`` in a create's body or ``stream=true`` in a retrieve's query),
+        whatever the Content-Type says; otherwise it parses the body as JSON. The eager path
+        decides the same way; the deferred path goes by what the client does with the answer.
         """
-        return 200 <= status_code < 300 and not is_event_stream(content_type)
-
-    def wants_stream(self, status_code: int, content_type: str | None) -> bool:
-        """Whether a selected call answered with an event stream (observed, never buffered)."""
-        return 200 <= status_code < 300 and is_event_stream(content_type)
+        try:
+            if call == "retrieve":
+                return bool(request.url.params.get("stream") == "true")
+            if call == "create":
+                content = request.content
+                if b'"stream"' not in content:
+                    return False
+                body = parse_request_json(content)
+                return type(body) is dict and body.get("stream") is True
+        except Exception as exc:  # an unread or unparsable request body: the SDK sends neither
+            self.watcher.internal_error("request", exc)
+        return False
 
     def start_span(self, call: CallKind, request: Any) -> CallSpan:
         """The OpenTelemetry span of a selected call (a no-op when tracing is off). Never raises.

@@ -1,11 +1,19 @@
 """Observe streamed (Server-Sent Events) Responses API answers as they pass, never buffered.
 
 ``client.responses.create(..., stream=True)`` and ``retrieve(id, stream=True, starting_after=N)``
-answer with ``text/event-stream``. The transports (:mod:`bgwatch.transports`) swap the
-response's byte stream for a thin wrapper from :func:`observe_stream`: every chunk the inner
-transport produces is handed to the client as is, the moment it arrives (one chunk out per
-chunk in: no read-ahead, no added latency), and the same bytes object is fed to an
-incremental :class:`~bgwatch._sse.SSEParser` on the way, in ``sdk_compatible`` mode.
+answer with an event stream, which the SDK reads as events because it asked for one (whatever
+the Content-Type). Every chunk is handed to the client as is, the moment it arrives (one chunk
+out per chunk in: no read-ahead, no added latency), and the same bytes object is fed to an
+incremental :class:`~bgwatch._sse.SSEParser` on the way, in ``sdk_compatible`` mode:
+
+* in observe mode without spans (the default), the response's own ``iter_bytes()`` /
+  ``aiter_bytes()``, which the SDK's ``Stream`` iterates, passes the chunks the library
+  decoded through :func:`observed_chunks` (see :mod:`bgwatch.transports`): what is observed
+  is exactly what the SDK reads, in its chunks, whatever the Content-Type or Content-Encoding;
+* with ``raise_on`` or spans, the transport swaps the byte stream of the answer to a request
+  for a stream (``"stream": true``, ``?stream=true``) for a thin wrapper from
+  :func:`observe_stream`, which can cut the stream before the failing event and raise, and
+  decodes gzip/deflate itself.
 
 Exactly what the SDK yields
     The SDK is the oracle (issue 11). The parser dispatches exactly the events the SDK's own
@@ -116,7 +124,7 @@ from .tracing import CallSpan
 if TYPE_CHECKING:
     from ._hook import Hook
 
-__all__ = ["MAX_EVENT_DATA", "StreamObserver", "observe_stream"]
+__all__ = ["MAX_EVENT_DATA", "StreamObserver", "observe_stream", "observed_async_chunks", "observed_chunks"]
 
 MAX_EVENT_DATA: Final = 16 * 1024 * 1024
 """Most bytes of one event's data bgwatch holds (the SDK holds each whole event too). An event
@@ -190,6 +198,8 @@ class StreamObserver:
         call: ``"create"`` for a stream answering ``POST /responses``, else ``"stream"``.
         span: the call's span; :meth:`end` ends it.
         headers: the response headers (``x-request-id``, ``content-encoding``).
+        decoded: the chunks come decoded already (the library's ``iter_bytes()``): the
+            Content-Encoding is not undone again.
     """
 
     __slots__ = (
@@ -208,7 +218,9 @@ class StreamObserver:
         "_utf8",
     )
 
-    def __init__(self, hook: Hook, call: CallKind, span: CallSpan, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self, hook: Hook, call: CallKind, span: CallSpan, headers: Mapping[str, str], *, decoded: bool = False
+    ) -> None:
         self._hook = hook
         self._span = span
         self._call: CallKind = call
@@ -218,7 +230,7 @@ class StreamObserver:
         self._error_code: str | None = None  # from an ``error`` event, for _error_for's failure
         self._error_message: str | None = None
         self._error_for: str | None = None
-        self._decoder: _Decoder | None = _Decoder.for_encoding(headers.get("content-encoding"))
+        self._decoder: _Decoder | None = None if decoded else _Decoder.for_encoding(headers.get("content-encoding"))
         self._parser: SSEParser | None = SSEParser(
             max_data_bytes=MAX_EVENT_DATA,
             max_line_bytes=MAX_EVENT_DATA,
@@ -627,6 +639,43 @@ class _ObservedAsyncStream:
             self._inner_closed = True
             with contextlib.suppress(Exception):
                 await self._inner.aclose()
+
+
+def observed_chunks(chunks: Iterator[bytes], observers: list[StreamObserver]) -> Iterator[bytes]:
+    """``chunks`` unchanged, each shown to ``observers`` first (observe mode: they never raise)."""
+    try:
+        for chunk in chunks:
+            _feed_all(observers, chunk)
+            yield chunk
+        _finish_all(observers)
+    finally:
+        _end_all(observers)
+
+
+async def observed_async_chunks(chunks: AsyncIterator[bytes], observers: list[StreamObserver]) -> AsyncIterator[bytes]:
+    """The async twin of :func:`observed_chunks`."""
+    try:
+        async for chunk in chunks:
+            _feed_all(observers, chunk)
+            yield chunk
+        _finish_all(observers)
+    finally:
+        _end_all(observers)
+
+
+def _feed_all(observers: list[StreamObserver], chunk: bytes) -> None:
+    for observer in observers:
+        observer.feed(chunk)
+
+
+def _finish_all(observers: list[StreamObserver]) -> None:
+    for observer in observers:
+        observer.finish()
+
+
+def _end_all(observers: list[StreamObserver]) -> None:
+    for observer in observers:
+        observer.end()
 
 
 @functools.cache

@@ -52,7 +52,7 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from opentelemetry.util.types import AttributeValue
 
 from . import _locks
-from ._classify import CallKind, Observation, _parse_json
+from ._classify import CallKind, Observation, parse_request_json
 from ._safe_log import describe
 from ._tracker import Attachment, Transition
 from .metrics import ResponseLabels
@@ -399,7 +399,7 @@ def _request_model_and_stream(request: Any) -> tuple[str | None, bool]:
     if not isinstance(content, bytes) or not content or len(content) > MAX_REQUEST_BYTES:
         return None, False
     try:
-        body = _parse_json(content)
+        body = parse_request_json(content)
     except Exception:  # not JSON (or too deep): the span goes without the model
         return None, False
     if not isinstance(body, dict):

@@ -9,30 +9,33 @@ that very parse, in one of two ways:
 
 * **Deferred** (observe mode without spans, the default; :attr:`Hook.defers`): the adapter
   reads nothing. The inner transport's own response object goes back to the client, its class
-  swapped for a same-named subclass whose ``json()`` hands the library's parse to the hook the
-  first time the client parses it. What is recorded is what the SDK parsed, when it parses it;
-  a raw response (``with_raw_response``) whose body nobody parses is not recorded, exactly as
+  swapped for a same-named subclass that records what the client reads, as it reads it: the
+  SDK's own parse when it loads and parses the body, the events when it iterates the body as a
+  stream (the SDK decides that by its request, not by the Content-Type, and so does bgwatch).
+  A raw response (``with_raw_response``) whose body nobody reads is not recorded, exactly as
   the SDK has not seen it.
 * **Eager** (``raise_on``, or tracing): the exception must replace the answer, and a call
-  span must hold what the body said, so the adapter reads the body once, parses it with the
+  span must hold what the body said, so the adapter reads a JSON body once, parses it with the
   library's own decoders and the same ``json.loads``, records it, and hands the client a fresh
   response over the very same bytes and headers whose ``json()`` returns that parse, so
   ``elapsed``, ``request_id``, ``with_raw_response`` and ``with_streaming_response`` behave
-  as without bgwatch and the body is still parsed once per call, in whatever key order.
+  as without bgwatch and the body is still parsed once per call, in whatever key order. The
+  answer to a request for a stream (:meth:`Hook.asks_for_stream`, the SDK's own criterion,
+  whatever the Content-Type) is observed as it passes instead (see :mod:`bgwatch._streams`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import openai
 
-from ._classify import CallKind, is_event_stream
+from ._classify import CallKind
 from ._hook import RAISE_MODE_MIN_OPENAI, Hook, encoding_and_request_id, raise_mode_supported
 from ._sdk import Library, sdk_library
-from ._streams import fresh_response, observe_stream
+from ._streams import StreamObserver, fresh_response, observe_stream, observed_async_chunks, observed_chunks
 from ._watcher import Watcher, default_watcher
 from .errors import ConfigurationError
 from .tracing import NOOP_CALL_SPAN
@@ -110,33 +113,75 @@ def _shared_response_class(base: type[Any]) -> type[Any]:
 
 
 def _deferring_response_class(base: type[Any], hook: Hook, call: CallKind) -> type[Any]:
-    """A subclass of ``base`` (the inner transport's response class) that records its body when parsed.
+    """A subclass of ``base`` (the inner transport's response class) that records what the client reads.
 
-    Its ``json()`` (what the SDK calls) returns the library's own parse; the first call without
-    arguments puts the instance back in its original class and hands that very object to the
-    hook's recorder (:meth:`Hook.parsed_recorder`), so bgwatch records exactly what the SDK
-    parsed, once, at no second parse. The recorder is a class attribute, so a response carries
-    no state of its own (writing to an instance's ``__dict__`` would slow every later attribute
-    access of the SDK on it). Around another bgwatch transport's class, both record.
+    The SDK decides by its own request whether an answer is a JSON body or an event stream
+    (``stream=True``), not by the Content-Type, so bgwatch goes by what the client does with
+    the response, by construction:
+
+    * loading the body (``read()``/``aread()``: the client's non-stream send, ``parse()``)
+      makes it a JSON answer: its ``json()`` (what the SDK calls next) returns the library's
+      own parse, and the first call without arguments puts the instance back in its original
+      class and hands that very object to the hook's recorder (:meth:`Hook.parsed_recorder`);
+    * iterating it unread (``iter_bytes()``/``aiter_bytes()``, what the SDK's ``Stream``
+      does) makes it an event stream: the chunks the SDK gets, decoded by the library, pass
+      through a :class:`~bgwatch._streams.StreamObserver` unchanged.
+
+    So bgwatch records what the SDK parsed, once, at no second parse. The state is the class
+    (a response carries none of its own: writing to an instance's ``__dict__`` would slow every
+    later attribute access of the SDK on it). Around another bgwatch transport's class, every
+    layer records.
     """
     original = getattr(base, "_bgwatch_original", base)
-    record = hook.parsed_recorder(call)
-    parse = base.json
+    layers = (*getattr(base, "_bgwatch_layers", ()), (hook, call, hook.parsed_recorder(call)))
+    records = tuple(record for _, _, record in layers)
+    parse, read, aread = original.json, original.read, original.aread
+    iter_bytes, aiter_bytes = original.iter_bytes, original.aiter_bytes
 
-    class DeferringResponse(base):  # type: ignore[misc]
+    class ParsedResponse(original):  # type: ignore[misc,valid-type]
         _bgwatch_original = original
-        _bgwatch_records = (*getattr(base, "_bgwatch_records", ()), record)
+        _bgwatch_layers = layers
 
         def json(self, **kwargs: Any) -> Any:
-            first = self.__class__ is not original
             data = parse(self, **kwargs)
-            if first and not kwargs:
+            if not kwargs:
                 self.__class__ = original
-                record(data, self)
+                for record in records:
+                    record(data, self)
             return data
 
-    _same_name(DeferringResponse, base)
+    class DeferringResponse(ParsedResponse):
+        def read(self) -> bytes:
+            self.__class__ = ParsedResponse
+            return read(self)  # type: ignore[no-any-return]
+
+        async def aread(self) -> bytes:
+            self.__class__ = ParsedResponse
+            return await aread(self)  # type: ignore[no-any-return]
+
+        def iter_bytes(self, chunk_size: int | None = None) -> Iterator[bytes]:
+            self.__class__ = original
+            return observed_chunks(iter_bytes(self, chunk_size), _stream_observers(layers, self))
+
+        def aiter_bytes(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+            self.__class__ = original
+            return observed_async_chunks(aiter_bytes(self, chunk_size), _stream_observers(layers, self))
+
+    _same_name(ParsedResponse, original)
+    _same_name(DeferringResponse, original)
     return DeferringResponse
+
+
+def _stream_observers(layers: tuple[tuple[Hook, CallKind, Any], ...], response: Any) -> list[StreamObserver]:
+    """One observer per layer for an answer the client iterates as an event stream. Never raises."""
+    observers = []
+    for hook, call, _ in layers:
+        try:
+            kind: CallKind = "create" if call == "create" else "stream"
+            observers.append(StreamObserver(hook, kind, NOOP_CALL_SPAN, response.headers, decoded=True))
+        except Exception as exc:  # a bug of ours: counted, the stream passes unobserved
+            hook.watcher.internal_error("stream", exc)
+    return observers
 
 
 def _same_name(cls: type[Any], base: type[Any]) -> None:
@@ -147,37 +192,27 @@ def _same_name(cls: type[Any], base: type[Any]) -> None:
 
 def _observe_deferred(response: Any, data: Any) -> None:
     """Record for the deferring classes of an inner bgwatch transport whose answer the eager path parsed."""
-    for record in getattr(type(response), "_bgwatch_records", ()):
+    for _, _, record in getattr(type(response), "_bgwatch_layers", ()):
         record(data, response)
 
 
-def _deferred(
-    adapter: _SyncAdapter | _AsyncAdapter, call: CallKind, response: Any, *, request: Any, asynchronous: bool
-) -> Any:
-    """The inner transport's answer, set up to be recorded when the client parses it.
+def _deferred(adapter: _SyncAdapter | _AsyncAdapter, call: CallKind, response: Any) -> Any:
+    """The inner transport's answer, set up to be recorded as the client reads it.
 
-    Observe mode without spans (:attr:`Hook.defers`): nothing is read here. A 2xx body is
-    recorded by the response's own ``json()`` (see :func:`_deferring_response_class`), the call
-    the SDK makes, so the record is what the SDK parsed; an event stream is observed as it
-    passes, as in the eager path. The response object, its bytes and headers stay the inner
-    transport's.
+    Observe mode without spans (:attr:`Hook.defers`): nothing is read here, and a 2xx answer
+    goes back as the very response object of the inner transport, its class swapped for
+    :func:`_deferring_response_class`'s.
     """
     if not 200 <= response.status_code < 300:
         return response
-    hook = adapter.hook
-    if is_event_stream(response.headers.get("content-type")):
-        observed = observe_stream(
-            hook, call, NOOP_CALL_SPAN, response, adapter._module, request=request, asynchronous=asynchronous
-        )
-        return response if observed is None else observed
     try:
         key = (type(response), call)
         cls = adapter._deferring.get(key)
         if cls is None:
-            cls = adapter._deferring[key] = _deferring_response_class(type(response), hook, call)
+            cls = adapter._deferring[key] = _deferring_response_class(type(response), adapter.hook, call)
         response.__class__ = cls
     except Exception as exc:  # a response class bgwatch cannot extend: counted, passed on unobserved
-        hook.watcher.internal_error("classify", exc)
+        adapter.hook.watcher.internal_error("classify", exc)
     return response
 
 
@@ -282,18 +317,18 @@ class _SyncAdapter:
             return self._inner.handle_request(request)
         if self._defers:
             response = self._inner.handle_request(request)
-            return _deferred(self, call, response, request=request, asynchronous=False)
+            return _deferred(self, call, response)
+        streamed = hook.asks_for_stream(call, request)
         span = hook.start_span(call, request)
         try:
             with span.activate():
                 response = self._inner.handle_request(request)
                 span.http_status(response.status_code)
-                content_type = response.headers.get("content-type")
-                if not hook.wants_body(response.status_code, content_type):
+                if streamed or not 200 <= response.status_code < 300:
                     # An event stream is wrapped, never read here: the wrapper observes it as
                     # the SDK iterates and ends the span when the stream ends. Errors are the
                     # SDK's business.
-                    if hook.wants_stream(response.status_code, content_type):
+                    if 200 <= response.status_code < 300:
                         observed = observe_stream(
                             hook, call, span, response, self._module, request=request, asynchronous=False
                         )
@@ -356,15 +391,15 @@ class _AsyncAdapter:
             return await self._inner.handle_async_request(request)
         if self._defers:
             response = await self._inner.handle_async_request(request)
-            return _deferred(self, call, response, request=request, asynchronous=True)
+            return _deferred(self, call, response)
+        streamed = hook.asks_for_stream(call, request)
         span = hook.start_span(call, request)
         try:
             with span.activate():
                 response = await self._inner.handle_async_request(request)
                 span.http_status(response.status_code)
-                content_type = response.headers.get("content-type")
-                if not hook.wants_body(response.status_code, content_type):
-                    if hook.wants_stream(response.status_code, content_type):
+                if streamed or not 200 <= response.status_code < 300:
+                    if 200 <= response.status_code < 300:
                         observed = observe_stream(
                             hook, call, span, response, self._module, request=request, asynchronous=True
                         )
