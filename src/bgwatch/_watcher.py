@@ -204,10 +204,6 @@ class Watcher:
             all_sinks.append(self.tracing)
         all_sinks.extend(sinks)
         self._sinks: tuple[Sink, ...] = tuple(all_sinks)
-        # Sinks for record_repeat(), or () when any sink needs every observation in full.
-        self._repeats: tuple[Any, ...] = ()
-        if self._sinks and all(hasattr(sink, "repeated") for sink in self._sinks):
-            self._repeats = self._sinks
         self.record_repeat: Callable[[str, str, str | None], bool] = self._repeat_recorder()
         """``record_repeat(response_id, status, model)``: count a poll (``retrieve``) that changes
         nothing, if it is one; else return False (and change nothing).
@@ -252,9 +248,9 @@ class Watcher:
 
     def _repeat_recorder(self) -> Callable[[str, str, str | None], bool]:
         """The :attr:`record_repeat` of this watcher's sinks and tracker."""
-        counts = tuple(sink.repeated for sink in self._repeats)
-        if not counts:
-            return lambda response_id, status, model: False
+        if not self._sinks or not all(hasattr(sink, "repeated") for sink in self._sinks):
+            return lambda response_id, status, model: False  # a sink needs every observation in full
+        counts = tuple(getattr(sink, "repeated") for sink in self._sinks)  # noqa: B009 - optional, not in Sink
         touch = self.tracker.touch
         models = self._models
         internal_error = self.internal_error

@@ -287,21 +287,18 @@ class PrometheusSink:
         self._oldest_in_files = bool(getattr(_prometheus_values.ValueClass, "_multiprocess", False))
         if not self._oldest_in_files:
             self.oldest_in_flight.set_function(self._oldest_age)
-        self._polls: dict[str, Counter] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
         self._poll_incs: dict[str, Callable[[float], None]] = {}
-        self._created: dict[str, Counter] = {}
         self._zero_series()
 
     def _zero_series(self) -> None:
-        # Label children of the per-call counters, looked up once (bounded label values). The
-        # poll statuses exist from the start at 0, so that rate() and increase() see the first
-        # increment (a series born at 1 looks like it never moved).
-        self._polls = {status: self.polls.labels(status) for status in STATUSES}
-        self._children: dict[tuple[Any, ...], Any] = {}
-        self._poll_incs = {status: _increment(child) for status, child in self._polls.items()}
-        self._created = {}
-        for stage in INTERNAL_ERROR_STAGES:  # at 0 from the start too
-            self.internal_errors.labels(stage)
+        # Label children are looked up once (see _child), from here on. The poll statuses exist
+        # from the start at 0, so that rate() and increase() see the first increment (a series
+        # born at 1 looks like it never moved); so do the internal error stages.
+        self._children = {}
+        self._poll_incs = {status: _increment(self._child(self.polls, status)) for status in STATUSES}
+        for stage in INTERNAL_ERROR_STAGES:
+            self._child(self.internal_errors, stage)
 
     @property
     def _instruments(self) -> tuple[Any, ...]:
@@ -373,23 +370,17 @@ class PrometheusSink:
     ) -> None:
         """Record one observation (labels already bounded by the watcher)."""
         if observation.call == "retrieve":
-            poll = self._polls.get(labels.status)
-            if poll is None:  # only "unknown" gets here: a status outside the known six
-                poll = self._polls[labels.status] = self.polls.labels(labels.status)
-            poll.inc()
+            self._child(self.polls, labels.status).inc()
         if transition is None:
             return
         if transition.in_flight_delta:
             self.in_flight.inc(transition.in_flight_delta)
         if self._oldest_in_files:
             self.oldest_in_flight.set(self._oldest_age())
-        if transition.new and observation.call == "create":
-            created = self._created.get(labels.model)
-            if created is None:  # model labels are capped, so is this
-                created = self._created[labels.model] = self.created.labels(labels.model)
-                self.abandoned_responses.labels(labels.model)  # at 0 from its model's first create
-            created.inc()
         child = self._child
+        if transition.new and observation.call == "create":
+            child(self.created, labels.model).inc()
+            child(self.abandoned_responses, labels.model)  # at 0 from its model's first create
         if transition.queue_seconds is not None:
             child(self.queue, labels.model).observe(transition.queue_seconds)
         if not transition.finished:
