@@ -148,7 +148,7 @@ def in_memory() -> tuple[TracerProvider, InMemorySpanExporter, MeterProvider, In
 def bgwatch_layers(client: Any) -> int:
     """How many bgwatch transports the client's HTTP client goes through."""
     transport, layers = client._client._transport, 0
-    while isinstance(transport, (transports._SyncAdapter, transports._AsyncAdapter)):
+    while isinstance(transport, transports._Adapter):
         transport, layers = transport._inner, layers + 1
     return layers
 

@@ -195,7 +195,9 @@ class StreamObserver:
 
     Args:
         hook: the transport's :class:`~bgwatch._hook.Hook` (watcher, ``raise_on``).
-        call: ``"create"`` for a stream answering ``POST /responses``, else ``"stream"``.
+        call: what :meth:`~bgwatch._hook.Hook.select` said; ``"create"`` (a stream answering
+            ``POST /responses``) stays, anything else (a retrieve with ``stream=true``) is
+            recorded as ``"stream"``.
         span: the call's span; :meth:`end` ends it.
         headers: the response headers (``x-request-id``, ``content-encoding``).
         decoded: the chunks come decoded already (the library's ``iter_bytes()``): the
@@ -223,7 +225,7 @@ class StreamObserver:
     ) -> None:
         self._hook = hook
         self._span = span
-        self._call: CallKind = call
+        self._call: CallKind = "create" if call == "create" else "stream"
         self._request_id = headers.get("x-request-id")
         self._raise = bool(hook.raise_on)
         self._response_id: str | None = None  # learned from the lifecycle events
@@ -691,8 +693,8 @@ def observe_stream(
 ) -> Any | None:
     """Wrap ``response``'s byte stream (an event stream) so that its events are observed as they pass.
 
-    ``call`` is what :meth:`Hook.select` said: ``"create"`` stays, anything else (a retrieve
-    with ``stream=true``) becomes ``"stream"``. Returns the response to hand to the client,
+    ``call`` is what :meth:`Hook.select` said (see :class:`StreamObserver`). Returns the
+    response to hand to the client,
     whose wrapper owns ``span`` and ends it when the stream ends: ``response`` itself, or, when
     the inner transport already loaded the body (``MockTransport`` handlers, recording and
     caching transports), a fresh response over the same raw bytes, so that the SDK reads the
@@ -701,10 +703,9 @@ def observe_stream(
     is left untouched.
     """
     try:
-        kind: CallKind = "create" if call == "create" else "stream"
         if hasattr(response, "_content"):
             response = _unloaded(response, module, request)
-        observer = StreamObserver(hook, kind, span, response.headers)
+        observer = StreamObserver(hook, call, span, response.headers)
         response.stream = _stream_class(module, asynchronous)(response.stream, observer)
     except Exception as exc:
         hook.watcher.internal_error("stream", exc)

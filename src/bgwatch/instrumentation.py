@@ -121,7 +121,7 @@ class BgwatchInstrumentor(BaseInstrumentor):  # type: ignore[misc,unused-ignore]
         try:
             if http is None or not hasattr(http, "_transport") or not hasattr(http, "_mounts"):
                 return
-            if isinstance(http._transport, (transports._SyncAdapter, transports._AsyncAdapter)):
+            if isinstance(http._transport, transports._Adapter):
                 return  # already on bgwatch (bgwatch.http_client(), or wrapped before)
             transport_cls = _transport_class(http)
             if transport_cls is None:

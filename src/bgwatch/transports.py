@@ -177,8 +177,7 @@ def _stream_observers(layers: tuple[tuple[Hook, CallKind, Any], ...], response: 
     observers = []
     for hook, call, _ in layers:
         try:
-            kind: CallKind = "create" if call == "create" else "stream"
-            observers.append(StreamObserver(hook, kind, NOOP_CALL_SPAN, response.headers, decoded=True))
+            observers.append(StreamObserver(hook, call, NOOP_CALL_SPAN, response.headers, decoded=True))
         except Exception as exc:  # a bug of ours: counted, the stream passes unobserved
             hook.watcher.internal_error("stream", exc)
     return observers
@@ -196,7 +195,7 @@ def _observe_deferred(response: Any, data: Any) -> None:
         record(data, response)
 
 
-def _deferred(adapter: _SyncAdapter | _AsyncAdapter, call: CallKind, response: Any) -> Any:
+def _deferred(adapter: _Adapter, call: CallKind, response: Any) -> Any:
     """The inner transport's answer, set up to be recorded as the client reads it.
 
     Observe mode without spans (:attr:`Hook.defers`): nothing is read here, and a 2xx answer
@@ -283,10 +282,11 @@ def _check_inner(inner: Any, base: Any, library: str, expected: str) -> None:
         )
 
 
-class _SyncAdapter:
-    """Shared by the sync adapters; ``_module`` is httpx2 or httpx."""
+class _Adapter:
+    """What the sync and async adapters share; ``_module`` is httpx2 or httpx."""
 
     _module: Any
+    _inner_names: tuple[str, str]  # the library's default inner transport, and its base class
     _inner: Any
     _deferring: dict[tuple[type[Any], CallKind], type[Any]]
     _defers: bool
@@ -301,13 +301,20 @@ class _SyncAdapter:
         registry: CollectorRegistry | None,
     ) -> None:
         module = self._module
+        default, base = self._inner_names
         if inner is None:
-            inner = module.HTTPTransport(limits=_default_limits(module))
-        _check_inner(inner, module.BaseTransport, module.__name__, "BaseTransport")
+            inner = getattr(module, default)(limits=_default_limits(module))
+        _check_inner(inner, getattr(module, base), module.__name__, base)
         self._inner = inner
         self.hook = _make_hook(hook, watcher, raise_on, registry)
-        self._deferring: dict[tuple[type[Any], CallKind], type[Any]] = {}
+        self._deferring = {}
         self._defers = self.hook.defers  # fixed with the hook's watcher and raise_on
+
+
+class _SyncAdapter(_Adapter):
+    """Shared by the sync adapters."""
+
+    _inner_names = ("HTTPTransport", "BaseTransport")
 
     def handle_request(self, request: Any) -> Any:
         """Send through the inner transport; inspect Responses API answers on the way back."""
@@ -357,31 +364,10 @@ class _SyncAdapter:
         self._inner.close()
 
 
-class _AsyncAdapter:
-    """Shared by the async adapters; ``_module`` is httpx2 or httpx."""
+class _AsyncAdapter(_Adapter):
+    """Shared by the async adapters."""
 
-    _module: Any
-    _inner: Any
-    _deferring: dict[tuple[type[Any], CallKind], type[Any]]
-    _defers: bool
-    hook: Hook
-
-    def _setup(
-        self,
-        inner: Any,
-        hook: Hook | None,
-        watcher: Watcher | None,
-        raise_on: Iterable[str],
-        registry: CollectorRegistry | None,
-    ) -> None:
-        module = self._module
-        if inner is None:
-            inner = module.AsyncHTTPTransport(limits=_default_limits(module))
-        _check_inner(inner, module.AsyncBaseTransport, module.__name__, "AsyncBaseTransport")
-        self._inner = inner
-        self.hook = _make_hook(hook, watcher, raise_on, registry)
-        self._deferring: dict[tuple[type[Any], CallKind], type[Any]] = {}
-        self._defers = self.hook.defers  # fixed with the hook's watcher and raise_on
+    _inner_names = ("AsyncHTTPTransport", "AsyncBaseTransport")
 
     async def handle_async_request(self, request: Any) -> Any:
         """Send through the inner transport; inspect Responses API answers on the way back."""
