@@ -38,11 +38,8 @@ def lifecycle(kind: str, status: str, **fields: Any) -> dict[str, Any]:
     return {"type": kind, "sequence_number": 0, "response": body}
 
 
-def sdk_yields(library: str, body: bytes) -> tuple[list[tuple[str, str | None]], bool]:
-    """(type, response status) of every event the bare SDK yields, and whether it raised."""
-    served = Served(library, [body])
-    http = client_class(library)(transport=served.transport())
-    client = openai.OpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=http, max_retries=0)
+def streamed_create(client: Any) -> tuple[list[tuple[str, str | None]], bool]:
+    """(type, response status) of every event a streamed create yields, and whether it raised."""
     got: list[tuple[str, str | None]] = []
     try:
         for e in client.responses.create(model=MODEL, input="hi", background=True, stream=True):
@@ -53,17 +50,19 @@ def sdk_yields(library: str, body: bytes) -> tuple[list[tuple[str, str | None]],
     return got, False
 
 
+def sdk_yields(library: str, body: bytes) -> tuple[list[tuple[str, str | None]], bool]:
+    """What the bare SDK yields for ``body`` (see :func:`streamed_create`)."""
+    served = Served(library, [body])
+    http = client_class(library)(transport=served.transport())
+    return streamed_create(
+        openai.OpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=http, max_retries=0)
+    )
+
+
 def through_bgwatch(library: str, body: bytes, chunks: list[bytes] | None = None) -> tuple[list[Any], Recorder, bool]:
     watcher, recorder = recording_watcher()
-    client = sdk_client(library, Served(library, chunks or [body]).transport(), watcher)
-    got: list[tuple[str, str | None]] = []
-    try:
-        for e in client.responses.create(model=MODEL, input="hi", background=True, stream=True):
-            response = getattr(e, "response", None)
-            got.append((e.type, getattr(response, "status", None)))
-    except Exception:
-        return got, recorder, True
-    return got, recorder, False
+    got, raised = streamed_create(sdk_client(library, Served(library, chunks or [body]).transport(), watcher))
+    return got, recorder, raised
 
 
 def assert_counts_as_sdk_yields(library: str, body: bytes) -> Recorder:
