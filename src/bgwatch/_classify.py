@@ -99,11 +99,6 @@ def classify_request(method: str, path: str) -> CallKind | None:
     return None
 
 
-def is_event_stream(content_type: str | None) -> bool:
-    """Whether a Content-Type header names a Server-Sent Events stream."""
-    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"  # type: ignore[union-attr]
-
-
 def parse_request_json(data: bytes) -> Any:
     """Parse with jiter; a document jiter refuses gets a second chance with json.
 
@@ -323,6 +318,17 @@ def decode_content(body: bytes, headers: Any, module: Any = None) -> bytes:
     return bytes(probe.read())
 
 
+def parse_body(body: bytes, content_encoding: str | None) -> Any:
+    """What the SDK's ``Response.json()`` returns for a complete, still encoded body.
+
+    The SDK's HTTP library undoes ``content_encoding`` (see :func:`decode_content`), then
+    ``json.loads``. Raises where that fails (the SDK then returns no Response).
+    """
+    if content_encoding:
+        body = decode_content(body, [("content-encoding", content_encoding)])
+    return json.loads(body)
+
+
 def classify_body(
     call: CallKind,
     status_code: int,
@@ -341,9 +347,7 @@ def classify_body(
     if not 200 <= status_code < 300:
         return None
     try:
-        if content_encoding:
-            body = decode_content(body, [("content-encoding", content_encoding)])
-        data = json.loads(body)
+        data = parse_body(body, content_encoding)
     except Exception:  # the SDK's Response.json() fails alike: it returns no Response
         return None
     return observation_from_json(call, data, request_id)

@@ -7,7 +7,6 @@ HTTP library (:mod:`bgwatch.transports`, :mod:`bgwatch._streams`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -17,8 +16,8 @@ from ._classify import (
     CallKind,
     Observation,
     classify_request,
-    decode_content,
     observation_from_json,
+    parse_body,
     parse_request_json,
     repeat_key,
 )
@@ -133,9 +132,7 @@ class Hook:
             return None
         try:
             content_encoding, request_id = encoding_and_request_id(headers)
-            if content_encoding:
-                body = decode_content(body, [("content-encoding", content_encoding)])
-            data = json.loads(body)
+            data = parse_body(body, content_encoding)
         except Exception:  # the SDK's Response.json() fails alike: it returns no Response
             return None
         return self.observe_json(call, data, request_id, span)
