@@ -18,7 +18,6 @@ from bgwatch._classify import (
     classify_body,
     classify_request,
     decode_content,
-    is_event_stream,
     observation_from_json,
     observation_from_mapping,
 )
@@ -53,13 +52,6 @@ from .conftest import response_body
 )
 def test_classify_request(method: str, path: str, expected: str | None) -> None:
     assert classify_request(method, path) == expected
-
-
-def test_content_types() -> None:
-    assert is_event_stream("text/event-stream; charset=utf-8")
-    assert is_event_stream("Text/Event-Stream")
-    assert not is_event_stream("application/json")
-    assert not is_event_stream(None)
 
 
 def encode(body: object) -> bytes:
