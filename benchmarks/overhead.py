@@ -26,10 +26,10 @@ Bodies come in three key orders (``api``: the live API's; ``sdk``: the SDK's own
   OpenInference's OpenAI instrumentation, all exporting into one SDK tracer provider
   whose span processor discards spans (so we time making spans, not shipping them).
 
-Timing: the variants of a case run in short batches (~``--batch-ms``, default 5 ms) in
-alternating order (A B C, C B A, A B C, ...) for ``--rounds`` rounds (default 150), so that
-drifts and bursts of load from other processes hit every variant alike. A variant's ratio is
-taken per round against the baseline's batch of the same round; the table shows its median
+Timing: the variants of a case run in short batches (~``--batch-ms``, default 5 ms), in an
+order shuffled afresh each round, for ``--rounds`` rounds (default 150), so that drifts and
+bursts of load from other processes, and what ran just before, hit every variant alike. A
+variant's ratio is taken per round against the baseline's batch of the same round; the table shows its median
 over all rounds and, as spread, the lowest and highest median of five consecutive blocks of
 rounds (how far a run a fifth as long could have strayed). "added" is the median per-round
 difference per call. Nothing is pinned (no root needed). glibc's malloc thresholds are fixed
@@ -49,6 +49,7 @@ import gc
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import threading
@@ -466,8 +467,11 @@ def compare(
 ) -> list[Row]:
     """Time ``variants`` (the first is the baseline) interleaved; add and return the rows.
 
-    Each round runs one short batch of every variant, in alternating order (A B C, C B A),
-    so that slow drifts and bursts of load from other processes hit all variants alike. The
+    Each round runs one short batch of every variant, in an order shuffled afresh each round
+    (seeded: runs repeat), so that slow drifts and bursts of load from other processes hit all
+    variants alike, and so does what ran just before. (Alternating A B C, C B A favoured the
+    variant at either end, which runs twice in a row at each turn: three copies of the same
+    client measured 2-3 us apart at 2 KB, the last one cheapest.) The
     ratio is taken per round, against the baseline's batch of the same round; the table
     shows its median over all rounds, and as spread the lowest and highest median of
     ``settings.blocks`` consecutive blocks of rounds (how far a shorter run could have
@@ -485,10 +489,12 @@ def compare(
         n *= 2
     n = max(1, round(n * settings.batch_seconds / max(elapsed, 1e-9)))
     times: dict[str, list[float]] = {v.name: [] for v in variants}
+    shuffler = random.Random(len(variants))
+    order = list(variants)
     for r in range(settings.rounds):
         if r % 25 == 0:
             gc.collect()
-        order = variants if r % 2 == 0 else variants[::-1]
+        shuffler.shuffle(order)
         for variant in order:
             times[variant.name].append(variant.timed(n) / (n * calls_per_unit))
     rows = []
