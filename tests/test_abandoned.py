@@ -153,6 +153,16 @@ def test_expiring_map_expires_in_store_order_and_caps_oldest_first() -> None:
     assert items.expire(17.0) == [("c", c)] and items.pop_oldest() is None
 
 
+def test_expiring_map_refresh_is_a_put_of_the_same_value() -> None:
+    items: ExpiringMap[str, Stamped] = ExpiringMap(10.0)
+    a, b = Stamped(), Stamped()
+    items.put("a", a, 0.0)
+    items.put("b", b, 5.0)
+    assert items.refresh("a", 6.0) is a and a.stamp == 6.0  # moves behind b, as put would
+    assert items.refresh("z", 6.0) is None and "z" not in items
+    assert items.expire(15.0) == [("b", b)] and items.get("a") is a
+
+
 class LegacySink:
     """A sink written before abandoned() and forked() existed."""
 

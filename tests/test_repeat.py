@@ -1,7 +1,7 @@
 """The repeat-poll fast path records exactly what the full path records.
 
 A poll of a response whose status the tracker already holds changes nothing but the poll
-count, and :meth:`bgwatch.Watcher.record_repeat` counts it without building an observation
+count, and :meth:`bgwatch.Watcher.repeat_recorder` counts it without building an observation
 and a transition. The full path (:meth:`bgwatch.Watcher.record`) is the oracle: a watcher with a
 sink that needs every observation never takes the fast path, so two watchers, one of each kind,
 fed the same random bodies on the same clock, must end with the same metrics and tracker.
@@ -10,6 +10,7 @@ fed the same random bodies on the same clock, must end with the same metrics and
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
@@ -39,7 +40,7 @@ class ManualClock:
 
 
 class AllObservations:
-    """A custom sink without ``repeated``: its watcher records every observation in full."""
+    """A custom sink without ``repeat_counts``: its watcher records every observation in full."""
 
     def __init__(self) -> None:
         self.seen: list[bgwatch.Observation] = []
@@ -60,9 +61,7 @@ class RepeatAware(AllObservations):
     def __init__(self) -> None:
         super().__init__()
         self.repeats: list[str] = []
-
-    def repeated(self, status: str) -> None:
-        self.repeats.append(status)
+        self.repeat_counts = {status: partial(self.repeats.append, status) for status in STATUSES}
 
 
 def _mostly(plain: list[Any], odd: list[Any]) -> st.SearchStrategy[Any]:
@@ -123,6 +122,7 @@ def _watcher(sink: AllObservations, clock: ManualClock) -> tuple[bgwatch.Watcher
         in_flight_ttl=60,
         ttl_seconds=100,
         max_tracked=2,
+        max_extra_models=1,  # model labels run out: which body admits a model must be the same
         otel=True,
         meter_provider=MeterProvider(metric_readers=[reader]),
     )

@@ -146,6 +146,11 @@ def test_label_values_are_bounded() -> None:
     ]
     assert labels("new_code_1") == "new_code_1"  # admitted values stay admitted
     assert len(labels.admitted) == 1 + 3 + 2
+    # get: the label of a value that passes as it is, without admitting anything
+    assert labels.get("server_error") == "server_error" and labels.get("new_code_2") == "new_code_2"
+    assert labels.get("new_code_3") is None and labels.get(None) is None and labels.get("") is None
+    fresh = LabelValues.for_codes((), max_extra=1)
+    assert fresh.get("some_code") is None and fresh("other_code") == "other_code"
 
 
 def test_model_labels() -> None:

@@ -15,7 +15,18 @@ import bgwatch
 from bgwatch._watcher import known_error_codes, known_incomplete_reasons
 from bgwatch.transports import raise_mode_supported
 
-from .conftest import BrokenSink, FakeAPI, client_class, response_body, sample, total, transport_class
+from .conftest import (
+    BrokenSink,
+    FakeAPI,
+    answering,
+    client_class,
+    httpx,
+    httpx2,
+    response_body,
+    sample,
+    total,
+    transport_class,
+)
 
 MODEL = "gpt-4.1-2025-04-14"
 
@@ -328,6 +339,25 @@ def test_fail_open_errors_inside_bgwatch_are_counted_and_the_response_passes(
     assert sample(registry, "bgwatch_internal_errors_total", stage="sink") == 1
     # The healthy Prometheus sink still counted.
     assert sample(registry, "bg_response_failed_total", code="server_error", model=MODEL) == 1
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_request_bgwatch_cannot_classify_passes_and_is_counted(
+    library: str, asynchronous: bool, registry: CollectorRegistry
+) -> None:
+    # A hand-made request without a URL: reading it to select the call fails, the request
+    # still reaches the inner transport (which needs no URL here) and its answer comes back.
+    module = httpx2 if library == "httpx2" else httpx
+    request = module.Request("GET", "https://api.test/v1/responses/resp_odd")
+    request.url = None
+    answer = module.Response(200, json=response_body("resp_odd", "failed", code="server_error"))
+    transport = transport_class(library, asynchronous)(
+        answering(module, asynchronous, lambda request: answer), registry=registry
+    )
+    got = asyncio.run(transport.handle_async_request(request)) if asynchronous else transport.handle_request(request)
+    assert got is answer
+    assert sample(registry, "bgwatch_internal_errors_total", stage="request") == 1
+    assert total(registry, "bg_response_polls_total") == 0
 
 
 def test_an_unknown_content_encoding_is_ignored_as_the_sdk_ignores_it(

@@ -262,7 +262,7 @@ def repeat_key(data: Any) -> tuple[str, str, str | None] | None:
     """``(id, status, model)`` of a parsed body whose other fields cannot change what a repeat poll records.
 
     A poll of a response whose status the tracker already holds changes nothing but the poll
-    count (see :meth:`bgwatch.Watcher.record_repeat`), as long as the rest of the body is what
+    count (see :meth:`bgwatch.Watcher.repeat_recorder`), as long as the rest of the body is what
     :func:`observation_from_json` would accept without asking the SDK: a plain-typed
     ``created_at``, ``completed_at``, ``background`` (not ``false``: then it is not tracked) and
     ``usage``. For such a body the observation holds this very id, status and model; anything

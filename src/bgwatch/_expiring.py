@@ -9,7 +9,7 @@ order they were last stored, so expiry only ever looks at the front.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 __all__ = ["ExpiringMap", "Stamped"]
@@ -41,23 +41,30 @@ class ExpiringMap(Generic[K, V]):
     tracker's entries, which may grow).
     """
 
-    __slots__ = ("_items", "ttl")
+    __slots__ = ("_items", "get", "ttl")
 
     def __init__(self, ttl: float) -> None:
         if not ttl > 0:
             raise ValueError(f"ttl must be positive, got {ttl!r}")
         self.ttl = float(ttl)
         self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        """The value of ``key``, or None (expired keys count until :meth:`expire` drops them)."""
-        return self._items.get(key)
+        # The dict's own method, not a Python one around it: every poll looks an id up.
+        self.get: Callable[[K], V | None] = self._items.get
+        """``get(key)``: the value of ``key``, or None (expired keys count until :meth:`expire` drops them)."""
 
     def put(self, key: K, value: V, now: float) -> None:
         """Store ``value`` under ``key``, stamped ``now``: it moves to the back and expires at ``now + ttl``."""
         value.stamp = now
         self._items[key] = value
         self._items.move_to_end(key)
+
+    def refresh(self, key: K, now: float) -> V | None:
+        """Stamp the value of ``key`` ``now`` (as :meth:`put` would store it again) and return it; None when absent."""
+        value = self._items.get(key)
+        if value is not None:
+            value.stamp = now
+            self._items.move_to_end(key)
+        return value
 
     def pop(self, key: K) -> V | None:
         """Remove ``key``; its value, or None."""

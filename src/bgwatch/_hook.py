@@ -15,11 +15,9 @@ import openai
 from ._classify import (
     CallKind,
     Observation,
-    classify_request,
     observation_from_json,
     parse_body,
     parse_request_json,
-    repeat_key,
 )
 from ._sdk import version_tuple
 from ._watcher import Watcher, default_watcher
@@ -62,25 +60,28 @@ class Hook:
                 " bgwatch.raise_for_status(response)."
             )
         self.watcher = watcher if watcher is not None else default_watcher()
+        self.record_repeat = self.watcher.repeat_recorder(self.raise_on)
+        """``record_repeat(data)``: count a poll whose parsed body changes nothing, if it is one
+        (see :meth:`Watcher.repeat_recorder`); bodies of a status this hook raises on never are."""
 
     @property
     def defers(self) -> bool:
         """Whether 2xx bodies are recorded when the client parses them (observe mode, no spans).
 
         Then the adapters read nothing: the response's own ``json()``, the call the SDK makes,
-        hands its parse to a :meth:`parsed_recorder`. Raising needs the body before the client
+        hands its parse to the :meth:`parsed_recorders`. Raising needs the body before the client
         gets the response, and a call span must hold what the body said when it ends, so raise
         mode and tracing read the body in the transport instead (the same decisions, earlier).
         """
         return not self.raise_on and self.watcher.tracing is None
 
-    def select(self, method: str, path: str) -> CallKind | None:
-        """The call kind for a request worth inspecting, else None. Never raises."""
-        try:
-            return classify_request(method, path)
-        except Exception as exc:
-            self.watcher.internal_error("request", exc)
-            return None
+    def unselected(self, exc: Exception) -> None:
+        """Count an error of :func:`~bgwatch._classify.classify_request` (a bug of ours): the request passes unobserved.
+
+        The adapters call the classifier themselves (a call saved on every request) and hand
+        this what it raised.
+        """
+        self.watcher.internal_error("request", exc)
 
     def asks_for_stream(self, call: CallKind, request: Any) -> bool:
         """Whether the client asked for an event stream (``stream=true``), as the SDK decides. Never raises.
@@ -144,32 +145,24 @@ class Hook:
 
         Returns the exception to raise, if any. Never raises.
         """
-        if span is NOOP_CALL_SPAN and call == "retrieve" and self._repeated(data):
+        if span is NOOP_CALL_SPAN and call == "retrieve" and self.record_repeat(data):
             return None
         return self._observe_json(call, data, request_id, span)
 
-    def parsed_recorder(self, call: CallKind) -> Callable[[Any, Any], None]:
-        """The recorder of a deferred body (see :attr:`defers`): ``record(data, response)``.
+    def parsed_recorders(self, call: CallKind) -> tuple[Callable[[Any], bool] | None, Callable[[Any, Any], None]]:
+        """The recorders of a deferred body (see :attr:`defers`): ``(repeat, record)``.
 
-        ``data`` is what the client's ``Response.json()`` of ``response`` returned. A poll that
-        changes nothing goes the cheap way (:meth:`Watcher.record_repeat`), anything else is
-        observed in full. One closure per call kind and adapter, with its lookups done once:
-        it runs on every poll. For hooks that do not raise. Never raises.
+        ``data`` is what the client's ``Response.json()`` of ``response`` returned. When
+        ``repeat`` is not None (a ``retrieve``), ``repeat(data)`` counts a poll that changes
+        nothing the cheap way (:attr:`record_repeat`) and says whether it did; anything else
+        goes to ``record(data, response)``, in full. The caller calls them in turn (one call
+        fewer on every poll than a recorder that would). For hooks that do not raise. Neither
+        raises.
         """
-        watcher = self.watcher
-        record_repeat = watcher.record_repeat
-        internal_error = watcher.internal_error
+        internal_error = self.watcher.internal_error
         observe = self._observe_json
-        repeats = call == "retrieve"
 
         def record(data: Any, response: Any) -> None:
-            if repeats:
-                try:
-                    key = repeat_key(data)
-                    if key is not None and record_repeat(*key):
-                        return
-                except Exception as exc:
-                    internal_error("record", exc)
             try:
                 request_id = response.headers.get("x-request-id")
             except Exception as exc:
@@ -177,22 +170,7 @@ class Hook:
                 request_id = None
             observe(call, data, request_id, NOOP_CALL_SPAN)
 
-        return record
-
-    def _repeated(self, data: Any) -> bool:
-        """Record a poll that changes nothing the cheap way (see :meth:`Watcher.record_repeat`).
-
-        False when the poll may change something, or may raise: then the caller records it
-        in full. Same counts either way; ``tests/test_repeat.py`` holds the proof.
-        """
-        try:
-            key = repeat_key(data)
-            if key is None or key[1] in self.raise_on:
-                return False
-            return self.watcher.record_repeat(*key)
-        except Exception as exc:
-            self.watcher.internal_error("record", exc)
-            return False
+        return (self.record_repeat if call == "retrieve" else None), record
 
     def _observe_json(
         self, call: CallKind, data: Any, request_id: str | None, span: CallSpan

@@ -195,7 +195,7 @@ class StreamObserver:
 
     Args:
         hook: the transport's :class:`~bgwatch._hook.Hook` (watcher, ``raise_on``).
-        call: what :meth:`~bgwatch._hook.Hook.select` said; ``"create"`` (a stream answering
+        call: what :func:`~bgwatch._classify.classify_request` said; ``"create"`` (a stream answering
             ``POST /responses``) stays, anything else (a retrieve with ``stream=true``) is
             recorded as ``"stream"``.
         span: the call's span; :meth:`end` ends it.
@@ -693,7 +693,7 @@ def observe_stream(
 ) -> Any | None:
     """Wrap ``response``'s byte stream (an event stream) so that its events are observed as they pass.
 
-    ``call`` is what :meth:`Hook.select` said (see :class:`StreamObserver`). Returns the
+    ``call`` is what :func:`~bgwatch._classify.classify_request` said (see :class:`StreamObserver`). Returns the
     response to hand to the client,
     whose wrapper owns ``span`` and ends it when the stream ends: ``response`` itself, or, when
     the inner transport already loaded the body (``MockTransport`` handlers, recording and

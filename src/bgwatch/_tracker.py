@@ -266,9 +266,7 @@ class Tracker:
             now = self._clock()
             if now >= self._next_expiry:
                 return False
-            entry = self._ended.get(response_id)
-            if entry is not None:
-                self._ended.put(response_id, entry, now)
+            if self._ended.refresh(response_id, now) is not None:
                 return True
             entry = self._active.get(response_id)
             if entry is None or entry.status != status or model not in (UNKNOWN_MODEL, entry.model):
@@ -419,12 +417,19 @@ class LabelValues:
         if max_extra < 0:
             raise ValueError(f"max_extra must be >= 0, got {max_extra}")
         # value -> the one string object stored for it: entries and label children share it
-        # instead of each keeping its own copy parsed from a body.
-        self._known = {value: value for value in known}
-        self._extra: dict[str, str] = {}
+        # instead of each keeping its own copy parsed from a body. Known values and admitted
+        # extras share one dict, so that a value that passes is one lookup (see get).
+        self._admitted: dict[str | None, str] = {value: value for value in known}
+        self._extra = 0
         self._max_extra = max_extra
         self._pattern = pattern
         self._lock = _locks.Lock()
+        self.get: Callable[[str | None], str | None] = self._admitted.get
+        """``get(value)``: the label of a value that passes as it is (known or admitted), else None.
+
+        A dict's own lookup, without admitting anything: the hot path tries it first and calls
+        the object only for None (``label = values.get(value) or values(value)``).
+        """
 
     @classmethod
     def for_codes(cls, known: Iterable[str], max_extra: int) -> LabelValues:
@@ -439,17 +444,18 @@ class LabelValues:
     def __call__(self, value: str | None) -> str:
         if value is None or value == "":
             return self.MISSING
-        found = self._known.get(value) or self._extra.get(value)
+        found = self._admitted.get(value)
         if found is not None:
             return found
         if not self._pattern.fullmatch(value):
             return self.OTHER
         with self._lock:
-            found = self._extra.get(value)
+            found = self._admitted.get(value)
             if found is not None:
                 return found
-            if len(self._extra) < self._max_extra:
-                self._extra[value] = value
+            if self._extra < self._max_extra:
+                self._admitted[value] = value
+                self._extra += 1
                 return value
         return self.OTHER
 
@@ -457,7 +463,7 @@ class LabelValues:
     def admitted(self) -> frozenset[str]:
         """Every value that may appear as a label (known, admitted extras, other, unknown)."""
         with self._lock:
-            return frozenset(self._known) | frozenset(self._extra) | {self.OTHER, self.MISSING}
+            return frozenset(self._admitted.values()) | {self.OTHER, self.MISSING}
 
 
 class RecentIds:

@@ -11,13 +11,13 @@ import logging
 import time
 import typing
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
 from . import _locks
-from ._classify import Observation
+from ._classify import Observation, repeat_key
 from ._safe_log import describe
 from ._tracker import (
     DEFAULT_IN_FLIGHT_TTL,
@@ -71,11 +71,13 @@ def known_incomplete_reasons() -> tuple[str, ...]:
 class Sink(Protocol):
     """Where a watcher sends what it saw. Labels arrive already bounded.
 
-    A sink may also have ``repeated(status: str) -> None``: a poll (``retrieve``) that changed
-    nothing (the response is tracked with this status already, or has ended), which must do
-    what :meth:`observed` does for such a poll (bgwatch's metric sinks count it). Only when
-    every sink of a watcher has it do such polls skip building the :class:`Observation` and
-    :class:`Transition` (:meth:`Watcher.record_repeat`); a sink without it gets them all.
+    A sink may also have ``repeat_counts``: a mapping from each of the six statuses to a
+    function without arguments that does what :meth:`observed` does for a poll (``retrieve``)
+    that changed nothing (the response is tracked with this status already, or has ended);
+    bgwatch's metric sinks count the poll. The function is looked up in that very mapping at
+    each such poll, so a sink may replace it (a forked child's metrics are new objects). Only
+    when every sink of a watcher has it do such polls skip building the :class:`Observation`
+    and :class:`Transition` (:meth:`Watcher.repeat_recorder`); a sink without it gets them all.
     """
 
     def observed(
@@ -204,17 +206,6 @@ class Watcher:
             all_sinks.append(self.tracing)
         all_sinks.extend(sinks)
         self._sinks: tuple[Sink, ...] = tuple(all_sinks)
-        self.record_repeat: Callable[[str, str, str | None], bool] = self._repeat_recorder()
-        """``record_repeat(response_id, status, model)``: count a poll (``retrieve``) that changes
-        nothing, if it is one; else return False (and change nothing).
-
-        The hot path of a polling loop: the id is tracked with this status already (or has
-        ended), so the only effect of :meth:`record` would be the poll count. Taken only when
-        every sink has a ``repeated(status)`` method (bgwatch's metric sinks; spans and custom
-        sinks get every observation through :meth:`record`), else always False. ``status`` must
-        be one of the six statuses and the arguments those of
-        :func:`bgwatch._classify.repeat_key`. A closure over its collaborators, looked up once:
-        it runs on every poll. Never raises."""
         self.capture_error_messages = capture_error_messages
         self._logged_stages: set[str] = set()
         self._log_lock = _locks.Lock()
@@ -246,25 +237,47 @@ class Watcher:
             except Exception as exc:
                 self.internal_error("sink", exc)
 
-    def _repeat_recorder(self) -> Callable[[str, str, str | None], bool]:
-        """The :attr:`record_repeat` of this watcher's sinks and tracker."""
-        if not self._sinks or not all(hasattr(sink, "repeated") for sink in self._sinks):
-            return lambda response_id, status, model: False  # a sink needs every observation in full
-        counts = tuple(getattr(sink, "repeated") for sink in self._sinks)  # noqa: B009 - optional, not in Sink
+    def repeat_recorder(self, passing: Collection[str] = ()) -> Callable[[Any], bool]:
+        """``record_repeat(data)``: count a poll (``retrieve``) whose body changes nothing, if it is one.
+
+        ``data`` is the parsed body (what the SDK's ``Response.json()`` returned). The hot path
+        of a polling loop: when :func:`~bgwatch._classify.repeat_key` vouches for the body and the
+        id is tracked with its status already (or has ended), the only effect of :meth:`record`
+        would be the poll count, and that is all this does; then it returns True. Otherwise, and
+        for bodies of the ``passing`` statuses (a raising hook's), it changes nothing and returns
+        False: record the body in full. Always False unless every sink has ``repeat_counts``
+        (bgwatch's metric sinks; spans and custom sinks get every observation through
+        :meth:`record`). A closure over its collaborators, looked up once: it runs on every
+        poll. Never raises.
+        """
+        if not self._sinks or not all(hasattr(sink, "repeat_counts") for sink in self._sinks):
+            return lambda data: False  # a sink needs every observation in full
+        sink_counts = tuple(getattr(sink, "repeat_counts") for sink in self._sinks)  # noqa: B009 - optional, not in Sink
+        passing = frozenset(passing)
         touch = self.tracker.touch
-        models = self._models
+        admitted_model, model_label = self._models.get, self._models
         internal_error = self.internal_error
 
-        def record_repeat(response_id: str, status: str, model: str | None) -> bool:
+        def record_repeat(data: Any) -> bool:
             try:
-                if not touch(response_id, status, models(model)):
+                key = repeat_key(data)
+                if key is None:
+                    return False
+                response_id, status, model = key
+                if status in passing:
+                    return False
+            except Exception as exc:
+                internal_error("record", exc)
+                return False
+            try:
+                if not touch(response_id, status, admitted_model(model) or model_label(model)):
                     return False
             except Exception as exc:
                 internal_error("record", exc)
                 return True  # a bug of ours: counted, and not recorded twice
-            for count in counts:
+            for counts in sink_counts:
                 try:
-                    count(status)
+                    counts[status]()
                 except Exception as exc:
                     internal_error("sink", exc)
             return True

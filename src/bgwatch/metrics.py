@@ -34,6 +34,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import metrics as otel_metrics
@@ -288,7 +289,10 @@ class PrometheusSink:
         if not self._oldest_in_files:
             self.oldest_in_flight.set_function(self._oldest_age)
         self._children: dict[tuple[Any, ...], Any] = {}
-        self._poll_incs: dict[str, Callable[[float], None]] = {}
+        self.repeat_counts: dict[str, Callable[[], object]] = {}
+        """Per status, count a poll that changed nothing (see :class:`~bgwatch._watcher.Sink`):
+        what :meth:`observed` does for a ``retrieve`` whose transition changes nothing. Kept up
+        to date in place (a forked child's series are new objects)."""
         self._zero_series()
 
     def _zero_series(self) -> None:
@@ -296,7 +300,7 @@ class PrometheusSink:
         # from the start at 0, so that rate() and increase() see the first increment (a series
         # born at 1 looks like it never moved); so do the internal error stages.
         self._children = {}
-        self._poll_incs = {status: _increment(self._child(self.polls, status)) for status in STATUSES}
+        self.repeat_counts.update({status: self._repeat_count(status) for status in STATUSES})
         for stage in INTERNAL_ERROR_STAGES:
             self._child(self.internal_errors, stage)
 
@@ -354,12 +358,16 @@ class PrometheusSink:
             self.internal_error("sink")
             return 0.0
 
-    def repeated(self, status: str) -> None:
-        """Record a poll that changed nothing (see :meth:`Watcher.record_repeat`): what
-        :meth:`observed` does for a ``retrieve`` whose transition changes nothing."""
-        self._poll_incs[status](1)
-        if self._oldest_in_files:
+    def _repeat_count(self, status: str) -> Callable[[], object]:
+        increment = _increment(self._child(self.polls, status))
+        if not self._oldest_in_files:
+            return partial(increment, 1)  # no Python frame of ours: one runs on every repeat poll
+
+        def count_and_write_oldest() -> None:
+            increment(1)
             self.oldest_in_flight.set(self._oldest_age())
+
+        return count_and_write_oldest
 
     def observed(
         self,
@@ -464,7 +472,8 @@ def _increment(child: Counter) -> Callable[[float], None]:
     prometheus_client's ``Counter.inc`` checks that the counter is not a parent with labels and
     that the amount is not negative, then increments its value object (a mutex-guarded float,
     or the multiprocess file value). Those checks pass for a label child and ``1`` by
-    construction; going to the value object directly saves two Python frames on the hot path.
+    construction; going to the value object directly saves two Python frames on the hot path
+    (the count of a repeat poll).
     Falls back to ``inc`` itself if a prometheus_client release lays this out differently.
     """
     value_inc = getattr(getattr(child, "_value", None), "inc", None)
@@ -549,6 +558,10 @@ class OTelMetricsSink:
             unit="{poll}",
             description=_HELP["bg_response_polls"],
         )
+        self.repeat_counts: dict[str, Callable[[], object]] = {
+            status: partial(self.polls.add, 1, {"status": status}) for status in STATUSES
+        }
+        """Per status, count a poll that changed nothing (see :class:`~bgwatch._watcher.Sink`)."""
         self.duration = meter.create_histogram(
             "bg_response_duration",
             unit="s",
@@ -624,10 +637,6 @@ class OTelMetricsSink:
             self.internal_error("sink")
             age = 0.0
         return (otel_metrics.Observation(age),)
-
-    def repeated(self, status: str) -> None:
-        """Record a poll that changed nothing (see :meth:`Watcher.record_repeat`)."""
-        self.polls.add(1, {"status": status})
 
     def observed(
         self,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
-from ._classify import CallKind
+from ._classify import CallKind, classify_request
 from ._hook import RAISE_MODE_MIN_OPENAI, Hook, encoding_and_request_id, raise_mode_supported
 from ._sdk import Library, sdk_library
 from ._streams import StreamObserver, fresh_response, observe_stream, observed_async_chunks, observed_chunks
@@ -122,7 +122,7 @@ def _deferring_response_class(base: type[Any], hook: Hook, call: CallKind) -> ty
     * loading the body (``read()``/``aread()``: the client's non-stream send, ``parse()``)
       makes it a JSON answer: its ``json()`` (what the SDK calls next) returns the library's
       own parse, and the first call without arguments puts the instance back in its original
-      class and hands that very object to the hook's recorder (:meth:`Hook.parsed_recorder`);
+      class and hands that very object to the hook's recorders (:meth:`Hook.parsed_recorders`);
     * iterating it unread (``iter_bytes()``/``aiter_bytes()``, what the SDK's ``Stream``
       does) makes it an event stream: the chunks the SDK gets, decoded by the library, pass
       through a :class:`~bgwatch._streams.StreamObserver` unchanged.
@@ -133,8 +133,8 @@ def _deferring_response_class(base: type[Any], hook: Hook, call: CallKind) -> ty
     layer records.
     """
     original = getattr(base, "_bgwatch_original", base)
-    layers = (*getattr(base, "_bgwatch_layers", ()), (hook, call, hook.parsed_recorder(call)))
-    records = tuple(record for _, _, record in layers)
+    layers = (*getattr(base, "_bgwatch_layers", ()), (hook, call, *hook.parsed_recorders(call)))
+    recorders = tuple((repeat, record) for _, _, repeat, record in layers)
     parse, read, aread = original.json, original.read, original.aread
     iter_bytes, aiter_bytes = original.iter_bytes, original.aiter_bytes
 
@@ -146,8 +146,9 @@ def _deferring_response_class(base: type[Any], hook: Hook, call: CallKind) -> ty
             data = parse(self, **kwargs)
             if not kwargs:
                 self.__class__ = original
-                for record in records:
-                    record(data, self)
+                for repeat, record in recorders:
+                    if repeat is None or not repeat(data):
+                        record(data, self)
             return data
 
     class DeferringResponse(ParsedResponse):
@@ -172,10 +173,10 @@ def _deferring_response_class(base: type[Any], hook: Hook, call: CallKind) -> ty
     return DeferringResponse
 
 
-def _stream_observers(layers: tuple[tuple[Hook, CallKind, Any], ...], response: Any) -> list[StreamObserver]:
+def _stream_observers(layers: tuple[tuple[Hook, CallKind, Any, Any], ...], response: Any) -> list[StreamObserver]:
     """One observer per layer for an answer the client iterates as an event stream. Never raises."""
     observers = []
-    for hook, call, _ in layers:
+    for hook, call, _, _ in layers:
         try:
             observers.append(StreamObserver(hook, call, NOOP_CALL_SPAN, response.headers, decoded=True))
         except Exception as exc:  # a bug of ours: counted, the stream passes unobserved
@@ -191,8 +192,9 @@ def _same_name(cls: type[Any], base: type[Any]) -> None:
 
 def _observe_deferred(response: Any, data: Any) -> None:
     """Record for the deferring classes of an inner bgwatch transport whose answer the eager path parsed."""
-    for _, _, record in getattr(type(response), "_bgwatch_layers", ()):
-        record(data, response)
+    for _, _, repeat, record in getattr(type(response), "_bgwatch_layers", ()):
+        if repeat is None or not repeat(data):
+            record(data, response)
 
 
 def _deferred(adapter: _Adapter, call: CallKind, response: Any) -> Any:
@@ -205,10 +207,10 @@ def _deferred(adapter: _Adapter, call: CallKind, response: Any) -> Any:
     if not 200 <= response.status_code < 300:
         return response
     try:
-        key = (type(response), call)
-        cls = adapter._deferring.get(key)
+        classes = adapter._deferring[call]
+        cls = classes.get(type(response))
         if cls is None:
-            cls = adapter._deferring[key] = _deferring_response_class(type(response), adapter.hook, call)
+            cls = classes[type(response)] = _deferring_response_class(type(response), adapter.hook, call)
         response.__class__ = cls
     except Exception as exc:  # a response class bgwatch cannot extend: counted, passed on unobserved
         adapter.hook.watcher.internal_error("classify", exc)
@@ -288,7 +290,7 @@ class _Adapter:
     _module: Any
     _inner_names: tuple[str, str]  # the library's default inner transport, and its base class
     _inner: Any
-    _deferring: dict[tuple[type[Any], CallKind], type[Any]]
+    _deferring: dict[CallKind, dict[type[Any], type[Any]]]  # call kind -> inner class -> deferring class
     _defers: bool
     hook: Hook
 
@@ -307,7 +309,7 @@ class _Adapter:
         _check_inner(inner, getattr(module, base), module.__name__, base)
         self._inner = inner
         self.hook = _make_hook(hook, watcher, raise_on, registry)
-        self._deferring = {}
+        self._deferring = {"create": {}, "retrieve": {}, "cancel": {}}
         self._defers = self.hook.defers  # fixed with the hook's watcher and raise_on
 
 
@@ -319,7 +321,11 @@ class _SyncAdapter(_Adapter):
     def handle_request(self, request: Any) -> Any:
         """Send through the inner transport; inspect Responses API answers on the way back."""
         hook = self.hook
-        call = hook.select(request.method, request.url.path)
+        try:
+            call = classify_request(request.method, request.url.path)
+        except Exception as exc:
+            hook.unselected(exc)
+            call = None
         if call is None:
             return self._inner.handle_request(request)
         if self._defers:
@@ -372,7 +378,11 @@ class _AsyncAdapter(_Adapter):
     async def handle_async_request(self, request: Any) -> Any:
         """Send through the inner transport; inspect Responses API answers on the way back."""
         hook = self.hook
-        call = hook.select(request.method, request.url.path)
+        try:
+            call = classify_request(request.method, request.url.path)
+        except Exception as exc:
+            hook.unselected(exc)
+            call = None
         if call is None:
             return await self._inner.handle_async_request(request)
         if self._defers:
