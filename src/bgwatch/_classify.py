@@ -89,7 +89,10 @@ def classify_request(method: str, path: str) -> CallKind | None:
         return "create" if method == "POST" else None
     if tail[0] != "/":
         return None
-    parts = tail[1:].rstrip("/").split("/")
+    rest = tail[1:]  # not empty: tail is neither "" nor "/"
+    if "/" not in rest:  # /responses/{id}: the path of every poll, without the split
+        return "retrieve" if method == "GET" and rest not in _NOT_A_RESPONSE_SEGMENTS else None
+    parts = rest.rstrip("/").split("/")
     if len(parts) == 1:
         if method == "GET" and parts[0] and parts[0] not in _NOT_A_RESPONSE_SEGMENTS:
             return "retrieve"
