@@ -19,6 +19,8 @@ same server class with the same bytes; only the layer under test differs:
   parsing nothing (the least a body-reading wrapper can do);
 * ``naive``: a wrapper that reads the body and ``json.loads`` all of it (what a
   straightforward implementation does; its cost grows with the body);
+* ``bgwatch-again`` (2 KB, API order): a second client exactly like ``bgwatch``, an A/A check:
+  how far apart the method puts two identical variants in the same run;
 
 Bodies come in three key orders (``api``: the live API's; ``sdk``: the SDK's own
 ``Response.model_dump_json()``, as Python gateways forward them; ``sorted``).
@@ -363,7 +365,7 @@ def build_client(
     """An SDK client whose HTTP stack is ``layer`` (bare, bgwatch, naive, floor, rewrap) over the server."""
     module = _module(library)
     transport = server(module, answer, asynchronous=asynchronous)
-    if layer == "bgwatch":
+    if layer in ("bgwatch", "bgwatch-again"):
         transport = bgwatch_transport(module, transport, watcher or fresh_watcher(), asynchronous)
     elif layer == "bgwatch-raise":  # raise mode: the transport reads and parses the body itself
         transport = bgwatch_transport(module, transport, watcher or fresh_watcher(), asynchronous, ("failed",))
@@ -635,7 +637,10 @@ def bench_responses(settings: Settings, library: str, aio: AsyncRunner) -> None:
             body = encode_in_order(response_document(RESPONSE_ID, "completed", size), order)
             for asynchronous in (False, True) if order != "sorted" else (False,):
                 variants = []
-                for layer in ("bare", "bgwatch", "bgwatch-raise", "floor", "rewrap", "naive"):
+                layers = ["bare", "bgwatch", "bgwatch-raise", "floor", "rewrap", "naive"]
+                if label == "2 KB" and order == "api":
+                    layers.append("bgwatch-again")  # A/A: the method's resolution, in the same run
+                for layer in layers:
                     client = build_client(library, layer, lambda body=body: body, asynchronous=asynchronous)
                     call = lambda client=client: client.responses.retrieve(RESPONSE_ID)  # noqa: E731
                     run = aio.runner(call) if asynchronous else sync_runner(call)
