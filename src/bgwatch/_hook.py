@@ -185,7 +185,8 @@ class Hook:
     def _observed(self, observation: Observation | None, span: CallSpan, data: Any) -> BackgroundResponseError | None:
         if observation is None:
             return None
-        span.observed(observation)
+        if span is not NOOP_CALL_SPAN:
+            span.observed(observation)
         self.watcher.record(observation)
         if not self.raise_on:
             return None

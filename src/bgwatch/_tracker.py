@@ -187,7 +187,7 @@ class Tracker:
         """
         dropped: list[tuple[Attachment, str]] = []
         try:
-            with self._lock:
+            with self._lock.inner:  # on the path of every observation that changes something
                 return self._observe(
                     response_id, status, model, attach, dropped, created_at=created_at, from_start=from_start
                 )
@@ -357,7 +357,7 @@ class Tracker:
         return self._wall_clock() - (now - monotonic_time)
 
     def _enforce_cap(self, abandoned: list[str], dropped: list[tuple[Attachment, str]]) -> None:
-        while len(self._active) + len(self._ended) > self.max_tracked:
+        for _ in range(len(self._active) + len(self._ended) - self.max_tracked):
             if self._ended.pop_oldest() is not None:
                 continue
             oldest = self._active.pop_oldest()

@@ -300,6 +300,7 @@ class PrometheusSink:
         # from the start at 0, so that rate() and increase() see the first increment (a series
         # born at 1 looks like it never moved); so do the internal error stages.
         self._children = {}
+        self._counts: dict[tuple[Any, ...], Callable[[float], None]] = {}
         self.repeat_counts.update({status: self._repeat_count(status) for status in STATUSES})
         for stage in INTERNAL_ERROR_STAGES:
             self._child(self.internal_errors, stage)
@@ -359,7 +360,7 @@ class PrometheusSink:
             return 0.0
 
     def _repeat_count(self, status: str) -> Callable[[], object]:
-        increment = _increment(self._child(self.polls, status))
+        increment = self._count(self.polls, status)
         if not self._oldest_in_files:
             return partial(increment, 1)  # no Python frame of ours: one runs on every repeat poll
 
@@ -377,8 +378,9 @@ class PrometheusSink:
         duration: float | None,
     ) -> None:
         """Record one observation (labels already bounded by the watcher)."""
+        count = self._count
         if observation.call == "retrieve":
-            self._child(self.polls, labels.status).inc()
+            count(self.polls, labels.status)(1)
         if transition is None:
             return
         if transition.in_flight_delta:
@@ -387,19 +389,19 @@ class PrometheusSink:
             self.oldest_in_flight.set(self._oldest_age())
         child = self._child
         if transition.new and observation.call == "create":
-            child(self.created, labels.model).inc()
+            count(self.created, labels.model)(1)
             child(self.abandoned_responses, labels.model)  # at 0 from its model's first create
         if transition.queue_seconds is not None:
             child(self.queue, labels.model).observe(transition.queue_seconds)
         if not transition.finished:
             return
-        for token_type, count in _token_counts(observation):
-            child(self.tokens, token_type, labels.status, labels.model).inc(count)
-        child(self.finished, labels.status, labels.model).inc()
+        for token_type, tokens in _token_counts(observation):
+            child(self.tokens, token_type, labels.status, labels.model).inc(tokens)
+        count(self.finished, labels.status, labels.model)(1)
         if labels.code is not None:
-            child(self.failed, labels.code, labels.model).inc()
+            count(self.failed, labels.code, labels.model)(1)
         if labels.reason is not None:
-            child(self.incomplete, labels.reason, labels.model).inc()
+            count(self.incomplete, labels.reason, labels.model)(1)
         if duration is not None:
             child(self.duration, labels.status, labels.model).observe(duration)
 
@@ -421,6 +423,18 @@ class PrometheusSink:
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*values)
+        return found
+
+    def _count(self, metric: Counter, *values: str) -> Callable[[float], None]:
+        """The :func:`_increment` of a counter's label child, looked up once per label set.
+
+        For counts of one (polls, creates, finishes, failures): amounts that may come from an
+        observation (tokens) go through ``inc``, whose check refuses a negative one.
+        """
+        key = (metric, *values)
+        found = self._counts.get(key)
+        if found is None:
+            found = self._counts[key] = _increment(self._child(metric, *values))
         return found
 
     def sweep_at_collect(self, watcher: Watcher) -> None:
