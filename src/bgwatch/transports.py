@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -38,7 +39,7 @@ from ._sdk import Library, sdk_library
 from ._streams import StreamObserver, fresh_response, observe_stream, observed_async_chunks, observed_chunks
 from ._watcher import Watcher, default_watcher
 from .errors import ConfigurationError
-from .tracing import NOOP_CALL_SPAN
+from .tracing import NOOP_CALL_SPAN, CallSpan
 
 try:
     import httpx2
@@ -312,6 +313,47 @@ class _Adapter:
         self._deferring = {"create": {}, "retrieve": {}, "cancel": {}}
         self._defers = self.hook.defers  # fixed with the hook's watcher and raise_on
 
+    def _passed_on(
+        self, call: CallKind, span: CallSpan, response: Any, request: Any, streamed: bool, *, asynchronous: bool
+    ) -> Any:
+        """The eager path's answer when its body is not read here, else None (a 2xx JSON answer).
+
+        An event stream is wrapped, never read here: the wrapper observes it as the SDK iterates
+        and ends the span when the stream ends. A non-2xx answer is the SDK's business.
+        """
+        span.http_status(response.status_code)
+        success = 200 <= response.status_code < 300
+        if success and not streamed:
+            return None
+        if success:
+            observed = observe_stream(
+                self.hook, call, span, response, self._module, request=request, asynchronous=asynchronous
+            )
+            if observed is not None:
+                return observed
+        span.end()
+        return response
+
+
+@contextmanager
+def _span_ended_on_error(span: CallSpan) -> Iterator[None]:
+    """The span is current inside; an exception fails and ends it (a normal exit leaves it open)."""
+    try:
+        with span.activate():
+            yield
+    except BaseException as exc:
+        span.failed(exc)
+        span.end()
+        raise
+
+
+def _finished(span: CallSpan, fresh: Any, error: BaseException | None) -> Any:
+    """End the span of an answer read here; raise ``error`` (under ``raise_on``), else return ``fresh``."""
+    span.end()
+    if error is not None:
+        raise error
+    return fresh
+
 
 class _SyncAdapter(_Adapter):
     """Shared by the sync adapters."""
@@ -331,39 +373,18 @@ class _SyncAdapter(_Adapter):
         if self._defers:
             response = self._inner.handle_request(request)
             return _deferred(self, call, response)
-        streamed = hook.asks_for_stream(call, request)
-        span = hook.start_span(call, request)
-        try:
-            with span.activate():
-                response = self._inner.handle_request(request)
-                span.http_status(response.status_code)
-                if streamed or not 200 <= response.status_code < 300:
-                    # An event stream is wrapped, never read here: the wrapper observes it as
-                    # the SDK iterates and ends the span when the stream ends. Errors are the
-                    # SDK's business.
-                    if 200 <= response.status_code < 300:
-                        observed = observe_stream(
-                            hook, call, span, response, self._module, request=request, asynchronous=False
-                        )
-                        if observed is not None:
-                            return observed
-                    span.end()
-                    return response
-                try:
-                    body = b"".join(response.stream)
-                finally:
-                    response.close()
-                fresh, error = _answer(
-                    hook, call, self._module, request=request, response=response, raw=body, span=span
-                )
-        except BaseException as exc:
-            span.failed(exc)
-            span.end()
-            raise
-        span.end()
-        if error is not None:
-            raise error
-        return fresh
+        streamed, span = hook.asks_for_stream(call, request), hook.start_span(call, request)
+        with _span_ended_on_error(span):
+            response = self._inner.handle_request(request)
+            passed = self._passed_on(call, span, response, request, streamed, asynchronous=False)
+            if passed is not None:
+                return passed
+            try:
+                body = b"".join(response.stream)
+            finally:
+                response.close()
+            fresh, error = _answer(hook, call, self._module, request=request, response=response, raw=body, span=span)
+        return _finished(span, fresh, error)
 
     def close(self) -> None:
         """Close the inner transport."""
@@ -388,36 +409,18 @@ class _AsyncAdapter(_Adapter):
         if self._defers:
             response = await self._inner.handle_async_request(request)
             return _deferred(self, call, response)
-        streamed = hook.asks_for_stream(call, request)
-        span = hook.start_span(call, request)
-        try:
-            with span.activate():
-                response = await self._inner.handle_async_request(request)
-                span.http_status(response.status_code)
-                if streamed or not 200 <= response.status_code < 300:
-                    if 200 <= response.status_code < 300:
-                        observed = observe_stream(
-                            hook, call, span, response, self._module, request=request, asynchronous=True
-                        )
-                        if observed is not None:
-                            return observed  # the wrapper ends the span, as in the sync adapter
-                    span.end()
-                    return response
-                try:
-                    body = b"".join([chunk async for chunk in response.stream])
-                finally:
-                    await response.aclose()
-                fresh, error = _answer(
-                    hook, call, self._module, request=request, response=response, raw=body, span=span
-                )
-        except BaseException as exc:
-            span.failed(exc)
-            span.end()
-            raise
-        span.end()
-        if error is not None:
-            raise error
-        return fresh
+        streamed, span = hook.asks_for_stream(call, request), hook.start_span(call, request)
+        with _span_ended_on_error(span):
+            response = await self._inner.handle_async_request(request)
+            passed = self._passed_on(call, span, response, request, streamed, asynchronous=True)
+            if passed is not None:
+                return passed
+            try:
+                body = b"".join([chunk async for chunk in response.stream])
+            finally:
+                await response.aclose()
+            fresh, error = _answer(hook, call, self._module, request=request, response=response, raw=body, span=span)
+        return _finished(span, fresh, error)
 
     async def aclose(self) -> None:
         """Close the inner transport."""
