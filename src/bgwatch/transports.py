@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -335,18 +334,6 @@ class _Adapter:
         return response
 
 
-@contextmanager
-def _span_ended_on_error(span: CallSpan) -> Iterator[None]:
-    """The span is current inside; an exception fails and ends it (a normal exit leaves it open)."""
-    try:
-        with span.activate():
-            yield
-    except BaseException as exc:
-        span.failed(exc)
-        span.end()
-        raise
-
-
 def _finished(span: CallSpan, fresh: Any, error: BaseException | None) -> Any:
     """End the span of an answer read here; raise ``error`` (under ``raise_on``), else return ``fresh``."""
     span.end()
@@ -374,16 +361,23 @@ class _SyncAdapter(_Adapter):
             response = self._inner.handle_request(request)
             return _deferred(self, call, response)
         streamed, span = hook.asks_for_stream(call, request), hook.start_span(call, request)
-        with _span_ended_on_error(span):
-            response = self._inner.handle_request(request)
-            passed = self._passed_on(call, span, response, request, streamed, asynchronous=False)
-            if passed is not None:
-                return passed
-            try:
-                body = b"".join(response.stream)
-            finally:
-                response.close()
-            fresh, error = _answer(hook, call, self._module, request=request, response=response, raw=body, span=span)
+        try:
+            with span.activate():
+                response = self._inner.handle_request(request)
+                passed = self._passed_on(call, span, response, request, streamed, asynchronous=False)
+                if passed is not None:
+                    return passed
+                try:
+                    body = b"".join(response.stream)
+                finally:
+                    response.close()
+                fresh, error = _answer(
+                    hook, call, self._module, request=request, response=response, raw=body, span=span
+                )
+        except BaseException as exc:
+            span.failed(exc)
+            span.end()
+            raise
         return _finished(span, fresh, error)
 
     def close(self) -> None:
@@ -410,16 +404,23 @@ class _AsyncAdapter(_Adapter):
             response = await self._inner.handle_async_request(request)
             return _deferred(self, call, response)
         streamed, span = hook.asks_for_stream(call, request), hook.start_span(call, request)
-        with _span_ended_on_error(span):
-            response = await self._inner.handle_async_request(request)
-            passed = self._passed_on(call, span, response, request, streamed, asynchronous=True)
-            if passed is not None:
-                return passed
-            try:
-                body = b"".join([chunk async for chunk in response.stream])
-            finally:
-                await response.aclose()
-            fresh, error = _answer(hook, call, self._module, request=request, response=response, raw=body, span=span)
+        try:
+            with span.activate():
+                response = await self._inner.handle_async_request(request)
+                passed = self._passed_on(call, span, response, request, streamed, asynchronous=True)
+                if passed is not None:
+                    return passed
+                try:
+                    body = b"".join([chunk async for chunk in response.stream])
+                finally:
+                    await response.aclose()
+                fresh, error = _answer(
+                    hook, call, self._module, request=request, response=response, raw=body, span=span
+                )
+        except BaseException as exc:
+            span.failed(exc)
+            span.end()
+            raise
         return _finished(span, fresh, error)
 
     async def aclose(self) -> None:
