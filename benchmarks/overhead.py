@@ -31,8 +31,8 @@ Bodies come in three key orders (``api``: the live API's; ``sdk``: the SDK's own
 Timing: the variants of a case run in short batches (~``--batch-ms``, default 5 ms), in an
 order shuffled afresh each round, for ``--rounds`` rounds (default 150), so that drifts and
 bursts of load from other processes, and what ran just before, hit every variant alike. A
-variant's ratio is taken per round against the baseline's batch of the same round; the table shows its median
-over all rounds and, as spread, the lowest and highest median of five consecutive blocks of
+variant's ratio is taken per round against the baseline's batch of the same round; the
+table shows its median over all rounds and, as spread, the lowest and highest median of five consecutive blocks of
 rounds (how far a run a fifth as long could have strayed). "added" is the median per-round
 difference per call. Nothing is pinned (no root needed). glibc's malloc thresholds are fixed
 through ``GLIBC_TUNABLES`` (the script re-executes itself; ``--keep-malloc`` to skip): with
